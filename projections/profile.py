@@ -1,0 +1,177 @@
+"""Customer profile view: one row per customer (profile, contract, status) and its contacts.
+
+Contact names and e-mails stay encrypted in the view (``pd1:`` tokens) and are decrypted
+only when read, so crypto-shredding a customer's key erases them here too.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+from uuid import UUID
+
+from events.domain import CONTRACT_FIELDS, PROFILE_FIELDS, Customer
+from events.personal import ERASED, PersonalDataCodec
+from projections.base import Projection, utc_iso
+from projections.cursor import decode_cursor, encode_cursor
+from projections.store import Tx, ViewStore
+
+CUSTOMERS = "cs_customers_v1"
+CONTACTS = "cs_contacts_v1"
+FIELDS = (*PROFILE_FIELDS, *CONTRACT_FIELDS)
+COLUMNS = ("customer_id", "external_key", *FIELDS, "status", "churned_on", "churn_reason", "registered_at", "updated_at", "last_position")
+
+
+class CustomerProfileProjection(Projection):
+    name = "customer_profile_v1"
+    tables = (CUSTOMERS, CONTACTS)
+
+    def schema(self) -> list[str]:
+        return [
+            f"""CREATE TABLE IF NOT EXISTS {CUSTOMERS} (
+                customer_id TEXT PRIMARY KEY, external_key TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+                domain TEXT, industry TEXT, tier TEXT, owner TEXT, zendesk_org_id TEXT,
+                intercom_company_id TEXT, mixpanel_account_id TEXT, arr DOUBLE PRECISION, seats BIGINT,
+                contract_start TEXT, renewal_date TEXT, status TEXT NOT NULL, churned_on TEXT,
+                churn_reason TEXT, registered_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+                last_position BIGINT NOT NULL)""",
+            f"CREATE INDEX IF NOT EXISTS ix_{CUSTOMERS}_name ON {CUSTOMERS} (name, customer_id)",
+            f"""CREATE TABLE IF NOT EXISTS {CONTACTS} (
+                contact_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, name TEXT, email TEXT,
+                role TEXT, is_primary BOOLEAN NOT NULL, added_at TEXT NOT NULL, position BIGINT NOT NULL)""",
+            f"CREATE INDEX IF NOT EXISTS ix_{CONTACTS}_customer ON {CONTACTS} (customer_id)",
+        ]
+
+    def handle(self, tx: Tx, event: Any, position: int) -> None:
+        cid = str(event.originator_id)
+        at = utc_iso(event.occurred_at)
+        if isinstance(event, Customer.Registered):
+            values = [cid, event.external_key, *(event.profile.get(f) for f in FIELDS), "active", None, None, at, at, position]
+            tx.execute(
+                f"INSERT INTO {CUSTOMERS} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", values
+            )
+            return
+        if isinstance(event, (Customer.ProfileUpdated, Customer.ContractChanged)):
+            for change in event.changes:
+                column = change["field"]
+                if column not in FIELDS:  # never interpolate anything but a known column
+                    raise ValueError(f"unknown profile field {column!r} in {type(event).__qualname__}")
+                tx.execute(f"UPDATE {CUSTOMERS} SET {column} = ? WHERE customer_id = ?", (change["new"], cid))
+        elif isinstance(event, Customer.ContactAdded):
+            if event.primary:
+                tx.execute(f"UPDATE {CONTACTS} SET is_primary = ? WHERE customer_id = ?", (False, cid))
+            tx.execute(
+                f"INSERT INTO {CONTACTS} (contact_id, customer_id, name, email, role, is_primary, added_at, position)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (event.contact_id, cid, event.name, event.email, event.role, event.primary, at, position),
+            )
+        elif isinstance(event, Customer.ContactRemoved):
+            tx.execute(f"DELETE FROM {CONTACTS} WHERE contact_id = ?", (event.contact_id,))
+        elif isinstance(event, Customer.Churned):
+            tx.execute(
+                f"UPDATE {CUSTOMERS} SET status = 'churned', churned_on = ?, churn_reason = ? WHERE customer_id = ?",
+                (event.churned_on, event.reason, cid),
+            )
+        else:
+            return
+        tx.execute(f"UPDATE {CUSTOMERS} SET updated_at = ?, last_position = ? WHERE customer_id = ?", (at, position, cid))
+
+
+SORTS: dict[str, tuple[str, bool]] = {
+    # sort name -> (SQL key expression, descending)
+    "name": ("name", False),
+    "arr": ("COALESCE(arr, -1)", True),
+    "renewal_date": ("COALESCE(renewal_date, '9999-12-31')", False),
+}
+
+
+class CustomerProfileView:
+    """Reads of the profile view; personal fields decrypted on the way out."""
+
+    def __init__(self, store: ViewStore, codec: PersonalDataCodec) -> None:
+        self.store = store
+        self.codec = codec
+
+    def get(self, customer_id: UUID) -> dict[str, Any] | None:
+        with self.store.transaction() as tx:
+            row = tx.fetchone(f"SELECT * FROM {CUSTOMERS} WHERE customer_id = ?", (str(customer_id),))
+            contacts = tx.fetchall(
+                f"SELECT * FROM {CONTACTS} WHERE customer_id = ? ORDER BY position", (str(customer_id),)
+            )
+        if row is None:
+            return None
+        row["contacts"] = [self._contact(customer_id, c) for c in contacts]
+        return row
+
+    def _contact(self, customer_id: UUID, row: dict[str, Any]) -> dict[str, Any]:
+        name = self.codec.decrypt(customer_id, row["name"])
+        email = self.codec.decrypt(customer_id, row["email"])
+        erased = (row["name"] and name is None) or (row["email"] and email is None)
+        return {
+            "contact_id": row["contact_id"],
+            "name": ERASED if erased and row["name"] else name,
+            "email": ERASED if erased and row["email"] else email,
+            "role": row["role"],
+            "primary": bool(row["is_primary"]),
+        }
+
+    def list(
+        self,
+        *,
+        tier: str | None = None,
+        owner: str | None = None,
+        industry: str | None = None,
+        status: str | None = None,
+        min_arr: float | None = None,
+        max_arr: float | None = None,
+        renewal_within_days: int | None = None,
+        today: date | None = None,
+        sort: str = "name",
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        key_sql, desc = SORTS[sort]
+        where, params = [], []  # type: ignore[var-annotated]
+        for column, value in (("tier", tier), ("owner", owner), ("industry", industry), ("status", status)):
+            if value is not None:
+                where.append(f"LOWER({column}) = LOWER(?)")
+                params.append(value)
+        if min_arr is not None:
+            where.append("arr >= ?")
+            params.append(min_arr)
+        if max_arr is not None:
+            where.append("arr <= ?")
+            params.append(max_arr)
+        if renewal_within_days is not None:
+            start = today or date.today()
+            where.append("renewal_date >= ? AND renewal_date <= ?")
+            params += [start.isoformat(), (start + timedelta(days=renewal_within_days)).isoformat()]
+        after = decode_cursor(cursor, 2)
+        if after is not None:
+            op = "<" if desc else ">"
+            where.append(f"({key_sql} {op} ? OR ({key_sql} = ? AND customer_id > ?))")
+            params += [after[0], after[0], after[1]]
+        order = f"{key_sql} {'DESC' if desc else 'ASC'}, customer_id ASC"
+        sql = f"SELECT *, {key_sql} AS sort_key FROM {CUSTOMERS}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY {order} LIMIT ?"
+        params.append(limit + 1)
+        with self.store.transaction() as tx:
+            rows = tx.fetchall(sql, params)
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = encode_cursor(rows[-1]["sort_key"], rows[-1]["customer_id"])
+        for row in rows:
+            row.pop("sort_key")
+        return rows, next_cursor
+
+    def totals(self) -> dict[str, Any]:
+        with self.store.transaction() as tx:
+            row = tx.fetchone(
+                f"SELECT COUNT(*) AS customers, SUM(CASE WHEN status = 'active' THEN 1 ELSE 0 END) AS active,"
+                f" SUM(CASE WHEN status = 'active' THEN arr ELSE 0 END) AS active_arr FROM {CUSTOMERS}"
+            )
+        assert row is not None
+        return {"customers": int(row["customers"] or 0), "active": int(row["active"] or 0), "active_arr": float(row["active_arr"] or 0)}

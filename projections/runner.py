@@ -1,0 +1,277 @@
+"""The pull-based catch-up runner (DESIGN §4) and the engine that runs every projection.
+
+For each projection: read notifications after its checkpoint from the application
+recorder (``select_notifications``), fold them, and write the view rows and the new
+checkpoint in one transaction (exactly-once). Only the holder of the projection's runner
+lock processes it (PostgreSQL advisory lock / file lock); other processes only wait for
+its checkpoint. A failing event stops that projection: the events before it are
+committed, its checkpoint stays just before it, and it is never skipped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from projections.base import Projection
+from projections.store import RunnerLock, ViewStore
+
+log = structlog.get_logger(__name__)
+
+BATCH_SIZE = 500
+
+
+@dataclass
+class ProjectionFailure:
+    position: int
+    topic: str
+    error: str
+
+
+class ProjectionStoppedError(RuntimeError):
+    """A projection stopped on an event it could not process."""
+
+    def __init__(self, name: str, failure: ProjectionFailure) -> None:
+        self.name = name
+        self.failure = failure
+        super().__init__(
+            f"projection {name} stopped at event {failure.position} ({failure.topic}): {failure.error}"
+        )
+
+
+class ViewsBehindError(RuntimeError):
+    """The views did not reach the wanted position in time."""
+
+
+class CatchUpRunner:
+    """Runs one projection from its checkpoint to the head of the log."""
+
+    def __init__(self, projection: Projection, store: ViewStore, recorder: Any, mapper: Any) -> None:
+        self.projection = projection
+        self.store = store
+        self.recorder = recorder
+        self.mapper = mapper
+        self.failure: ProjectionFailure | None = None
+        self._mutex = threading.Lock()
+        self._lock: RunnerLock = store.runner_lock(projection.name)
+        self.owned = False
+
+    def try_own(self) -> bool:
+        """Take the one-runner-per-projection lock (idempotent)."""
+        self.owned = self._lock.try_acquire()
+        return self.owned
+
+    def release(self) -> None:
+        self._lock.release()
+        self.owned = False
+
+    def checkpoint(self) -> int:
+        return self.store.checkpoint(self.projection.name)
+
+    def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
+        """Process everything after the checkpoint; return the number of events processed.
+
+        Raises :class:`ProjectionStoppedError` on a failing event (and keeps raising it
+        until the process is restarted: a poison event is never skipped)."""
+        if not self.owned:
+            raise RuntimeError(f"this process does not hold the runner lock of {self.projection.name}")
+        with self._mutex:
+            if self.failure is not None:
+                raise ProjectionStoppedError(self.projection.name, self.failure)
+            processed = 0
+            while True:
+                start = self.checkpoint()
+                batch = self.recorder.select_notifications(
+                    start=start, limit=BATCH_SIZE, inclusive_of_start=False
+                )
+                if not batch:
+                    return processed
+                done = self._apply(start, batch)
+                processed += done
+                if progress:
+                    progress(done)
+                if done < len(batch):
+                    assert self.failure is not None
+                    raise ProjectionStoppedError(self.projection.name, self.failure)
+
+    def _apply(self, start: int, batch: Sequence[Any]) -> int:
+        """Apply a batch in one transaction; on a failing event apply only what precedes it."""
+        name = self.projection.name
+        try:
+            with self.store.transaction() as tx:
+                for notification in batch:
+                    self.projection.handle(tx, self.mapper.to_domain_event(notification), notification.id)
+                tx.move_checkpoint(name, start, batch[-1].id)
+            return len(batch)
+        except Exception as exc:
+            failed_index = self._locate_failure(batch)
+            if failed_index == len(batch):
+                raise  # not reproducible event by event (e.g. the database went away): retry later
+            bad = batch[failed_index]
+            self.failure = ProjectionFailure(bad.id, bad.topic, f"{type(exc).__name__}: {exc}")
+            log.error("projection.stopped", projection=name, position=bad.id, topic=bad.topic, error=str(exc))
+            if failed_index:
+                good = batch[:failed_index]
+                with self.store.transaction() as tx:
+                    for notification in good:
+                        self.projection.handle(tx, self.mapper.to_domain_event(notification), notification.id)
+                    tx.move_checkpoint(name, start, good[-1].id)
+            return failed_index
+
+    def _locate_failure(self, batch: Sequence[Any]) -> int:
+        """Index of the first event that fails, found in a transaction that is rolled back."""
+
+        class _Rollback(Exception):
+            pass
+
+        index = 0
+        try:
+            with self.store.transaction() as tx:
+                for index, notification in enumerate(batch):  # noqa: B007 - index read after the loop
+                    self.projection.handle(tx, self.mapper.to_domain_event(notification), notification.id)
+                raise _Rollback
+        except _Rollback:
+            return len(batch)  # every event succeeded this time: the failure was not the events'
+        except Exception:
+            return index
+
+
+class ProjectionEngine:
+    """All projections of one process: set-up, catch-up, a background loop, waiting."""
+
+    def __init__(self, projections: Sequence[Projection], store: ViewStore, app: Any) -> None:
+        self.store = store
+        self.app = app
+        self.runners = {p.name: CatchUpRunner(p, store, app.recorder, app.mapper) for p in projections}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        statements = [s for r in self.runners.values() for s in r.projection.schema()]
+        self.store.setup(statements)
+        for name in self.runners:
+            self.store.ensure_checkpoint(name)
+
+    def own(self) -> list[str]:
+        """Try to take every runner lock; return the names this process now runs."""
+        return [name for name, runner in self.runners.items() if runner.try_own()]
+
+    def release(self) -> None:
+        for runner in self.runners.values():
+            runner.release()
+
+    # --------------------------------------------------------------- processing
+    def catch_up(self) -> int:
+        """Run every owned projection to the head; raise the first stop, after trying all."""
+        processed, stopped = 0, None
+        for runner in self.runners.values():
+            if not runner.owned:
+                continue
+            try:
+                processed += runner.catch_up()
+            except ProjectionStoppedError as exc:
+                stopped = stopped or exc
+        if stopped:
+            raise stopped
+        return processed
+
+    def ensure_current(self, timeout: float = 10.0) -> int:
+        """Bring the views to the head of the log as of now (read-your-writes).
+
+        Owned projections are caught up here; others are waited for, up to ``timeout``."""
+        target = self.app.last_position()
+        self.catch_up()
+        self.wait_for(target, timeout)
+        return target
+
+    def wait_for(self, position: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            positions = {n: r.checkpoint() for n, r in self.runners.items()}
+            behind = {n: p for n, p in positions.items() if p < position}
+            if not behind:
+                return
+            for runner in self.runners.values():
+                if runner.failure is not None:
+                    raise ProjectionStoppedError(runner.projection.name, runner.failure)
+            if time.monotonic() >= deadline:
+                raise ViewsBehindError(
+                    f"views have not reached event {position} after {timeout:.0f}s: "
+                    + ", ".join(f"{n} at {p}" for n, p in behind.items())
+                    + " (is the process that runs them, `cs serve` or `cs worker`, up?)"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    def status(self) -> list[dict[str, Any]]:
+        head = self.app.last_position()
+        return [
+            {
+                "projection": name,
+                "position": (cp := runner.checkpoint()),
+                "lag": head - cp,
+                "owned": runner.owned,
+                "stopped_at": runner.failure.position if runner.failure else None,
+                "error": runner.failure.error if runner.failure else None,
+            }
+            for name, runner in self.runners.items()
+        ]
+
+    def rebuild(self, names: Sequence[str] | None = None, progress: Callable[[int], None] | None = None) -> int:
+        """Drop and refill the named projections (all by default) from the whole log."""
+        selected = [self.runners[n] for n in (names or list(self.runners))]
+        for runner in selected:
+            if not runner.owned and not runner.try_own():
+                raise RuntimeError(
+                    f"projection {runner.projection.name} is being run by another process; stop it first"
+                )
+            with self.store.transaction() as tx:
+                runner.projection.drop(tx)
+                for statement in runner.projection.schema():
+                    tx.execute(statement)
+                tx.execute("UPDATE cs_checkpoints SET position = 0 WHERE name = ?", (runner.projection.name,))
+            runner.failure = None
+        return sum(runner.catch_up(progress) for runner in selected)
+
+    # ------------------------------------------------------------ background loop
+    def start(self, poll_interval: float = 0.5) -> None:
+        """Keep owned projections current in a daemon thread; retry unowned locks."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                for runner in self.runners.values():
+                    if not runner.owned:
+                        runner.try_own()
+                try:
+                    self.catch_up()
+                except ProjectionStoppedError:
+                    pass  # logged once by the runner; reads report it
+                except Exception as exc:  # database unavailable: keep trying, loudly
+                    log.warning("projections.catch_up_failed", error=str(exc))
+                self._wake.wait(poll_interval)
+                self._wake.clear()
+
+        self._thread = threading.Thread(target=loop, name="cs-projections", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.release()

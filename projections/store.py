@@ -1,0 +1,226 @@
+"""Where read models live: SQL tables in SQLite (embedded) or PostgreSQL (production).
+
+A :class:`ViewStore` hands out transactions whose cursor speaks one placeholder style
+(``?``) on both backends, and owns the per-projection checkpoints and the
+one-runner-per-projection lock (PostgreSQL advisory lock; a file lock on SQLite).
+View rows and the checkpoint move in the same transaction.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import sqlite3
+import threading
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from events.settings import Settings
+
+CHECKPOINTS_DDL = "CREATE TABLE IF NOT EXISTS cs_checkpoints (name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+
+
+class CheckpointConflictError(RuntimeError):
+    """Another runner moved the checkpoint: this batch was not applied."""
+
+
+class Tx:
+    """A cursor inside one transaction, with ``?`` placeholders on every backend."""
+
+    def __init__(self, cursor: Any, paramstyle: str) -> None:
+        self._cursor = cursor
+        self._pg = paramstyle == "format"
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self._pg else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self._cursor.execute(self._sql(sql), tuple(params))
+        return int(self._cursor.rowcount or 0)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._cursor.executemany(self._sql(sql), [tuple(r) for r in rows])
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        self._cursor.execute(self._sql(sql), tuple(params))
+        names = [d[0] for d in self._cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in self._cursor.fetchall()]
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        rows = self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    def get_checkpoint(self, name: str) -> int:
+        row = self.fetchone("SELECT position FROM cs_checkpoints WHERE name = ?", (name,))
+        return int(row["position"]) if row else 0
+
+    def move_checkpoint(self, name: str, expected: int, new: int) -> None:
+        """Advance from ``expected`` to ``new``; anything else means another runner interfered."""
+        if self.execute(
+            "UPDATE cs_checkpoints SET position = ? WHERE name = ? AND position = ?", (new, name, expected)
+        ) != 1:
+            raise CheckpointConflictError(f"checkpoint of {name} is no longer at {expected}")
+
+
+class RunnerLock(ABC):
+    @abstractmethod
+    def try_acquire(self) -> bool: ...
+
+    @abstractmethod
+    def release(self) -> None: ...
+
+
+class ViewStore(ABC):
+    backend: str
+
+    @abstractmethod
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]: ...
+
+    @abstractmethod
+    def runner_lock(self, name: str) -> RunnerLock: ...
+
+    def close(self) -> None:
+        """Release connections (default: nothing to release)."""
+
+    def setup(self, statements: Sequence[str]) -> None:
+        with self.transaction() as tx:
+            tx.execute(CHECKPOINTS_DDL)
+            for statement in statements:
+                tx.execute(statement)
+
+    def ensure_checkpoint(self, name: str) -> None:
+        with self.transaction() as tx:
+            if tx.fetchone("SELECT position FROM cs_checkpoints WHERE name = ?", (name,)) is None:
+                tx.execute("INSERT INTO cs_checkpoints (name, position) VALUES (?, 0)", (name,))
+
+    def checkpoint(self, name: str) -> int:
+        with self.transaction() as tx:
+            return tx.get_checkpoint(name)
+
+
+class _FileLock(RunnerLock):
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fh: Any = None
+
+    def try_acquire(self) -> bool:
+        if self._fh is not None:
+            return True
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self._path, "a+")  # noqa: SIM115 - held open while the lock is held
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return False
+        self._fh = fh
+        return True
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+class SQLiteViewStore(ViewStore):
+    backend = "sqlite"
+
+    def __init__(self, path: Path, lock_dir: Path) -> None:
+        self._path = path
+        self._lock_dir = lock_dir
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+            with self._guard:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield Tx(conn.cursor(), "qmark")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def runner_lock(self, name: str) -> RunnerLock:
+        return _FileLock(self._lock_dir / f"{name}.lock")
+
+    def close(self) -> None:
+        with self._guard:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+class _AdvisoryLock(RunnerLock):
+    """A session-level ``pg_try_advisory_lock`` held on a dedicated connection."""
+
+    def __init__(self, conninfo: str, name: str) -> None:
+        self._conninfo = conninfo
+        self._key = zlib.crc32(f"cs-projection:{name}".encode())  # stable across processes
+        self._conn: Any = None
+
+    def try_acquire(self) -> bool:
+        import psycopg
+
+        if self._conn is not None:
+            return True
+        conn = psycopg.connect(self._conninfo, autocommit=True)
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
+        if not (row and row[0]):
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()  # closing the session releases the lock
+            self._conn = None
+
+
+class PostgresViewStore(ViewStore):
+    backend = "postgres"
+
+    def __init__(self, conninfo: str) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self._conninfo = conninfo
+        self._pool = ConnectionPool(conninfo, min_size=1, max_size=8, open=True)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            yield Tx(cur, "format")
+
+    def runner_lock(self, name: str) -> RunnerLock:
+        return _AdvisoryLock(self._conninfo, name)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def build_view_store(settings: Settings) -> ViewStore:
+    if settings.database_url:
+        return PostgresViewStore(settings.postgres.conninfo())
+    data_dir = settings.ensure_data_dir()
+    return SQLiteViewStore(data_dir / "views.sqlite", data_dir / "locks")
