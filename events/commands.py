@@ -71,7 +71,7 @@ class RegisterCustomer(ProfileFields):
         if self.external_key is None:
             slug = slugify(self.name)
             if not slug:
-                raise ValueError("client_id: cannot derive a key from this name; pass client_id explicitly")
+                raise ValueError("external_key: cannot derive a key from this name; pass one explicitly")
             self.external_key = slug
         _check_dates(self.contract_start, self.renewal_date)
         return self
@@ -90,7 +90,7 @@ class UpdateCustomer(ProfileFields):
     @model_validator(mode="after")
     def _name_not_cleared(self) -> UpdateCustomer:
         if "name" in self.model_fields_set and self.name is None:
-            raise ValueError("name cannot be cleared; pass a new name")
+            raise ValueError("name: cannot be cleared; pass a new name")
         return self
 
     def changes(self) -> dict[str, Any]:
@@ -99,7 +99,7 @@ class UpdateCustomer(ProfileFields):
 
 def _check_dates(start: date | None, renewal: date | None) -> None:
     if start and renewal and renewal < start:
-        raise ValueError(f"renewal_date ({renewal}) is before contract_start ({start})")
+        raise ValueError(f"renewal_date: {renewal} is before contract_start {start}")
 
 
 class ChurnCustomer(BaseModel):

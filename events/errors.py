@@ -21,8 +21,10 @@ class InvalidInputError(CSError):
         """The first pydantic error, as `field: what is wrong` (others listed after it)."""
         errors = exc.errors(include_url=False, include_input=False)
         first = errors[0]
-        field = ".".join(str(part) for part in first["loc"]) or "input"
+        field = ".".join(str(part) for part in first["loc"])
         message = _humanise(first)
+        if not field:  # a whole-model check: its message starts with "field: "
+            field, _, message = message.partition(": ")
         if len(errors) > 1:
             others = ", ".join(".".join(str(p) for p in e["loc"]) or "input" for e in errors[1:])
             message += f" (also invalid: {others})"
@@ -32,7 +34,7 @@ class InvalidInputError(CSError):
 def _humanise(error: dict) -> str:  # type: ignore[type-arg]
     if error["type"] == "extra_forbidden":
         return "unknown field"
-    return str(error["msg"])
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 class CustomerNotFoundError(CSError):

@@ -35,7 +35,8 @@ class BadInput(Exception):
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    """Rich console; piped output gets a fixed width wide enough for the tables."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def _progress(console: Console, enabled: bool) -> Any:
@@ -52,9 +53,13 @@ def _count_lines(path: Path) -> int | None:
         return max(sum(1 for _ in fh) - 1, 0)
 
 
-def _run_import(svc: Services, source: str, stream: IO[str], name: str, total: int | None, show: bool) -> ImportReport:
+def _check_source(source: str) -> None:
     if source not in IMPORT_SOURCES:
         raise BadInput(f"SOURCE: unknown import source {source!r}; available: {', '.join(IMPORT_SOURCES)}")
+
+
+def _run_import(svc: Services, source: str, stream: IO[str], name: str, total: int | None, show: bool) -> ImportReport:
+    _check_source(source)
     console = _console()
     with _progress(console, show) as progress:
         task = progress.add_task(f"importing {name}", total=total) if progress else None
@@ -87,6 +92,7 @@ def _print_import(report: ImportReport, as_json: bool) -> None:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    _check_source(args.source)
     if args.file == "-":
         stream, name, total = sys.stdin, "stdin", None
     else:
@@ -94,7 +100,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         if not path.is_file():
             raise BadInput(f"FILE: {args.file} does not exist or is not a file")
         stream, name, total = path.open(newline="", encoding="utf-8-sig"), path.name, _count_lines(path)
-    with open_services(settings, run_projections=False) as svc:
+    with stream, open_services(settings, run_projections=False) as svc:
         report = _run_import(svc, args.source, stream, name, total, show=not args.json)
     _print_import(report, args.json)
     return 2 if report.rejected else 0

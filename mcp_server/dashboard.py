@@ -47,17 +47,15 @@ def collect(svc: Services, today: date | None = None) -> dict[str, Any]:
 
 def render(console: Console, data: dict[str, Any], settings: Settings) -> None:
     table = Table(title=f"Customers as of {data['as_of']}  (sorted by ARR)")
-    for column in ("client_id", "name", "tier", "ARR", "seats", "renewal", "days", "owner", "status"):
-        table.add_column(column, justify="right" if column in ("ARR", "seats", "days") else "left")
+    for column in ("customer", "tier", "ARR", "renewal", "days", "owner", "status"):
+        table.add_column(column, justify="right" if column in ("ARR", "days") else "left", no_wrap=True)
     for r in data["rows"]:
         days = r["days_to_renewal"]
         soon = r["status"] == "active" and days is not None and 0 <= days <= RENEWAL_WINDOW_DAYS
         table.add_row(
-            r["external_key"],
             r["name"],
             r["tier"] or "",
             f"{r['arr']:,.0f}" if r["arr"] is not None else "",
-            str(r["seats"] or ""),
             r["renewal_date"] or "",
             f"[yellow]{days}[/]" if soon else ("" if days is None else str(days)),
             r["owner"] or "",

@@ -1,0 +1,1 @@
+"""Benchmarks of the customer-success backend; run them with ``python -m bench``."""
