@@ -72,9 +72,13 @@ class CustomerSuccess(Application[UUID]):
             candidate = UUID(text)
         except ValueError:
             candidate = customer_id_for(text)
-        if candidate not in self.repository:
+        if not self.exists(candidate):
             raise CustomerNotFoundError(client_id)
         return candidate
+
+    def exists(self, aggregate_id: UUID) -> bool:
+        """One indexed row read (``id in repository`` would replay the whole aggregate)."""
+        return bool(self.recorder.select_events(aggregate_id, limit=1))
 
     def get_customer(self, client_id: str) -> Customer:
         customer_id = self.resolve(client_id)
@@ -93,7 +97,7 @@ class CustomerSuccess(Application[UUID]):
         cmd: RegisterCustomer = _validate(RegisterCustomer, data)
         assert cmd.external_key is not None
         customer_id = customer_id_for(cmd.external_key)
-        if customer_id in self.repository:
+        if self.exists(customer_id):
             return CommandResult(customer_id, cmd.external_key, "existing", None)
         customer = Customer(external_key=cmd.external_key, profile=cmd.profile(), **_meta_kwargs(meta))
         if cmd.contact_name or cmd.contact_email:
@@ -149,7 +153,7 @@ class CustomerSuccess(Application[UUID]):
         assert data.external_key is not None
         customer_id = customer_id_for(data.external_key)
         meta_kw = _meta_kwargs(meta)
-        if customer_id in self.repository:
+        if self.exists(customer_id):
             customer: Customer = self.repository.get(customer_id)
             status: Status = "updated"
             wanted = {k: v for k, v in data.profile().items() if v is not None}

@@ -93,7 +93,7 @@ class CustomerProfileView:
         self.codec = codec
 
     def get(self, customer_id: UUID) -> dict[str, Any] | None:
-        with self.store.transaction() as tx:
+        with self.store.snapshot() as tx:
             row = tx.fetchone(f"SELECT * FROM {CUSTOMERS} WHERE customer_id = ?", (str(customer_id),))
             contacts = tx.fetchall(
                 f"SELECT * FROM {CONTACTS} WHERE customer_id = ? ORDER BY position", (str(customer_id),)
@@ -157,7 +157,7 @@ class CustomerProfileView:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY {order} LIMIT ?"
         params.append(limit + 1)
-        with self.store.transaction() as tx:
+        with self.store.snapshot() as tx:
             rows = tx.fetchall(sql, params)
         next_cursor = None
         if len(rows) > limit:
@@ -168,7 +168,7 @@ class CustomerProfileView:
         return rows, next_cursor
 
     def totals(self) -> dict[str, Any]:
-        with self.store.transaction() as tx:
+        with self.store.snapshot() as tx:
             row = tx.fetchone(
                 f"SELECT COUNT(*) AS customers, SUM(CASE WHEN status = 'active' THEN 1 ELSE 0 END) AS active,"
                 f" SUM(CASE WHEN status = 'active' THEN arr ELSE 0 END) AS active_arr FROM {CUSTOMERS}"

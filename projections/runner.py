@@ -250,6 +250,7 @@ class ProjectionEngine:
 
         def loop() -> None:
             while not self._stop.is_set():
+                self._wake.clear()  # before the work: a wake() during it makes the wait return at once
                 for runner in self.runners.values():
                     if not runner.owned:
                         runner.try_own()
@@ -260,7 +261,6 @@ class ProjectionEngine:
                 except Exception as exc:  # database unavailable: keep trying, loudly
                     log.warning("projections.catch_up_failed", error=str(exc))
                 self._wake.wait(poll_interval)
-                self._wake.clear()
 
         self._thread = threading.Thread(target=loop, name="cs-projections", daemon=True)
         self._thread.start()

@@ -79,7 +79,14 @@ class ViewStore(ABC):
 
     @abstractmethod
     @contextmanager
-    def transaction(self) -> Iterator[Tx]: ...
+    def transaction(self) -> Iterator[Tx]:
+        """A write transaction (serialised with other writers)."""
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Tx]:
+        """A read-only transaction: one consistent snapshot, no write lock (default: a transaction)."""
+        with self.transaction() as tx:
+            yield tx
 
     @abstractmethod
     def runner_lock(self, name: str) -> RunnerLock: ...
@@ -99,7 +106,7 @@ class ViewStore(ABC):
                 tx.execute("INSERT INTO cs_checkpoints (name, position) VALUES (?, 0)", (name,))
 
     def checkpoint(self, name: str) -> int:
-        with self.transaction() as tx:
+        with self.snapshot() as tx:
             return tx.get_checkpoint(name)
 
 
@@ -151,8 +158,18 @@ class SQLiteViewStore(ViewStore):
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
+        with self._begin("BEGIN IMMEDIATE") as tx:
+            yield tx
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Tx]:
+        with self._begin("BEGIN DEFERRED") as tx:  # WAL readers never block the writer
+            yield tx
+
+    @contextmanager
+    def _begin(self, statement: str) -> Iterator[Tx]:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(statement)
         try:
             yield Tx(conn.cursor(), "qmark")
         except BaseException:

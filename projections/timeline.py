@@ -128,7 +128,7 @@ class TimelineView:
             " ORDER BY occurred_at DESC, position DESC LIMIT ?"
         )
         params.append(limit + 1)
-        with self.store.transaction() as tx:
+        with self.store.snapshot() as tx:
             rows = tx.fetchall(sql, params)
         next_cursor = None
         if len(rows) > limit:

@@ -59,20 +59,15 @@ def _entry(row: dict[str, Any]) -> TimelineEntry:
     return TimelineEntry(**{k: row[k] for k in TimelineEntry.model_fields})
 
 
-def _profile_row(svc: Services, client_id: str) -> dict[str, Any]:
-    customer_id = svc.app.resolve(client_id)
-    row = svc.profiles.get(customer_id)
-    if row is None:  # recorded but not yet projected: ensure_current ran, so views are stopped
-        raise CustomerNotFoundError(client_id)
-    return row
-
-
 def overview(svc: Services, client_id: str, now: datetime | None = None) -> ClientOverview:
     """The 360 view of one customer, from the profile and timeline views."""
     as_of = now or datetime.now(timezone.utc)
-    row = _profile_row(svc, client_id)
+    customer_id = svc.app.resolve(client_id)
+    row = svc.profiles.get(customer_id)
+    if row is None:  # in the log but not in the views: ensure_current ran, so this cannot happen
+        raise CustomerNotFoundError(client_id)
     renewal = date.fromisoformat(row["renewal_date"]) if row["renewal_date"] else None
-    recent, _ = svc.timeline.for_customer(svc.app.resolve(client_id), limit=5)
+    recent, _ = svc.timeline.for_customer(customer_id, limit=5)
     return ClientOverview(
         id=row["customer_id"],
         client_id=row["external_key"],
