@@ -161,7 +161,7 @@ def cmd_tools(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps([{"name": t.name, "description": t.description} for t in tools]))
         return 0
     if args.markdown:
-        print(dashboard.tools_markdown(tools))
+        sys.stdout.write(dashboard.tools_markdown(tools))
         return 0
     from rich.table import Table
 
