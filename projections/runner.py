@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from projections.base import Projection
+from projections.relay import EventRelay
 from projections.store import RunnerLock, ViewStore
 
 log = structlog.get_logger(__name__)
@@ -144,13 +145,17 @@ class CatchUpRunner:
 class ProjectionEngine:
     """All projections of one process: set-up, catch-up, a background loop, waiting."""
 
-    def __init__(self, projections: Sequence[Projection], store: ViewStore, app: Any) -> None:
+    def __init__(
+        self, projections: Sequence[Projection], store: ViewStore, app: Any, relays: Sequence[EventRelay] = ()
+    ) -> None:
         self.store = store
         self.app = app
         self.runners = {p.name: CatchUpRunner(p, store, app.recorder, app.mapper) for p in projections}
+        self.relays = list(relays)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._relay_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -158,14 +163,19 @@ class ProjectionEngine:
         self.store.setup(statements)
         for name in self.runners:
             self.store.ensure_checkpoint(name)
+        for relay in self.relays:
+            relay.setup()
 
     def own(self) -> list[str]:
-        """Try to take every runner lock; return the names this process now runs."""
-        return [name for name, runner in self.runners.items() if runner.try_own()]
+        """Try to take every runner and relay lock; return the names this process now runs."""
+        owned = [name for name, runner in self.runners.items() if runner.try_own()]
+        return owned + [relay.name for relay in self.relays if relay.try_own()]
 
     def release(self) -> None:
         for runner in self.runners.values():
             runner.release()
+        for relay in self.relays:
+            relay.release()
 
     # --------------------------------------------------------------- processing
     def catch_up(self) -> int:
@@ -262,8 +272,19 @@ class ProjectionEngine:
                     log.warning("projections.catch_up_failed", error=str(exc))
                 self._wake.wait(poll_interval)
 
+        def relay_loop() -> None:  # its own thread: a slow sink never delays the views
+            while not self._stop.is_set():
+                for relay in self.relays:
+                    if not relay.owned:
+                        relay.try_own()
+                    relay.pump()  # never raises: a relay backs off on its own
+                self._stop.wait(poll_interval)
+
         self._thread = threading.Thread(target=loop, name="cs-projections", daemon=True)
         self._thread.start()
+        if self.relays:
+            self._relay_thread = threading.Thread(target=relay_loop, name="cs-relays", daemon=True)
+            self._relay_thread.start()
 
     def wake(self) -> None:
         self._wake.set()
@@ -271,7 +292,8 @@ class ProjectionEngine:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        for thread in (self._thread, self._relay_thread):
+            if thread is not None:
+                thread.join(timeout=10)
+        self._thread = self._relay_thread = None
         self.release()
