@@ -16,6 +16,7 @@ class Projection(ABC):
 
     name: str  # stable and versioned, e.g. "customer_profile_v1"
     tables: tuple[str, ...]
+    raw: bool = False  # True: handle() receives the stored notification itself, not a domain event
 
     @abstractmethod
     def schema(self) -> list[str]:

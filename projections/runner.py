@@ -100,13 +100,17 @@ class CatchUpRunner:
                     assert self.failure is not None
                     raise ProjectionStoppedError(self.projection.name, self.failure)
 
+    def _handle(self, tx: Any, notification: Any) -> None:
+        subject = notification if self.projection.raw else self.mapper.to_domain_event(notification)
+        self.projection.handle(tx, subject, notification.id)
+
     def _apply(self, start: int, batch: Sequence[Any]) -> int:
         """Apply a batch in one transaction; on a failing event apply only what precedes it."""
         name = self.projection.name
         try:
             with self.store.transaction() as tx:
                 for notification in batch:
-                    self.projection.handle(tx, self.mapper.to_domain_event(notification), notification.id)
+                    self._handle(tx, notification)
                 tx.move_checkpoint(name, start, batch[-1].id)
             return len(batch)
         except Exception as exc:
@@ -120,7 +124,7 @@ class CatchUpRunner:
                 good = batch[:failed_index]
                 with self.store.transaction() as tx:
                     for notification in good:
-                        self.projection.handle(tx, self.mapper.to_domain_event(notification), notification.id)
+                        self._handle(tx, notification)
                     tx.move_checkpoint(name, start, good[-1].id)
             return failed_index
 
@@ -134,7 +138,7 @@ class CatchUpRunner:
         try:
             with self.store.transaction() as tx:
                 for index, notification in enumerate(batch):  # noqa: B007 - index read after the loop
-                    self.projection.handle(tx, self.mapper.to_domain_event(notification), notification.id)
+                    self._handle(tx, notification)
                 raise _Rollback
         except _Rollback:
             return len(batch)  # every event succeeded this time: the failure was not the events'
