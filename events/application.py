@@ -20,6 +20,7 @@ from events.commands import ChurnCustomer, CommandMeta, RegisterCustomer, Update
 from events.domain import CONTRACT_FIELDS, Customer, customer_id_for
 from events.errors import CustomerNotFoundError, InvalidInputError
 from events.personal import PersonalDataCodec
+from events.signals import Connector
 from events.settings import Settings
 
 Status = Literal["created", "existing", "updated", "unchanged"]
@@ -56,6 +57,9 @@ def _validate(model: type[Any], data: Any) -> Any:
 
 class CustomerSuccess(Application[UUID]):
     """Commands on customers. Later capabilities add their aggregates here."""
+
+    # A connector gains one event per batch for ever: snapshot it so loading stays cheap.
+    snapshotting_intervals = {Connector: 100}
 
     def __init__(self, settings: Settings, codec: PersonalDataCodec) -> None:
         self.settings = settings

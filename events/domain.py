@@ -37,14 +37,20 @@ def customer_id_for(external_key: str) -> UUID:
     return uuid5(CUSTOMER_NAMESPACE, external_key.strip().lower())
 
 
+class DomainEvent(Aggregate.Event):
+    """What every event of this system carries besides the library's fields."""
+
+    actor: str
+    source: str
+    source_id: str
+    occurred_at: datetime
+
+
 class Customer(Aggregate):
     """A customer account: profile, contract, contacts and churn."""
 
-    class Event(Aggregate.Event):
-        actor: str
-        source: str
-        source_id: str
-        occurred_at: datetime
+    class Event(DomainEvent):
+        pass
 
     class Registered(Event, Aggregate.Created):
         external_key: str
@@ -138,10 +144,12 @@ class Customer(Aggregate):
 
 def event_type(domain_event: object) -> str:
     """The public name of an event type: ``Customer.ContactAdded`` -> ``customer.contact_added``."""
-    qualname = type(domain_event).__qualname__
-    aggregate, _, name = qualname.rpartition(".")
-    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
-    return f"{aggregate.lower()}.{snake}"
+    aggregate, _, name = type(domain_event).__qualname__.rpartition(".")
+    return f"{_snake(aggregate)}.{_snake(name)}"
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
 def event_id(domain_event: Any) -> UUID:

@@ -133,6 +133,7 @@ class Settings:
                 "POSTGRES_CONNECT_TIMEOUT": "10",
                 "POSTGRES_LOCK_TIMEOUT": "10",
                 "CREATE_TABLE": "y",
+                "AGGREGATE_CACHE_MAXSIZE": "1000",
             }
         self.ensure_data_dir()
         return {
@@ -140,4 +141,5 @@ class Settings:
             "SQLITE_DBNAME": str(self.events_sqlite_path),
             "SQLITE_LOCK_TIMEOUT": "10",
             "CREATE_TABLE": "y",
+            "AGGREGATE_CACHE_MAXSIZE": "1000",
         }

@@ -74,6 +74,9 @@ class ClientOverview(BaseModel):
     registered_at: datetime
     last_activity_at: datetime = Field(description="when the latest recorded event occurred")
     recent_activity: list[TimelineEntry]
+    signals: dict[str, Any] = Field(
+        description="usage (30 days), support, NPS and e-mail engagement as of as_of; each says when it has no data"
+    )
     as_of: datetime
 
 

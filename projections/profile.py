@@ -175,3 +175,38 @@ class CustomerProfileView:
             )
         assert row is not None
         return {"customers": int(row["customers"] or 0), "active": int(row["active"] or 0), "active_arr": float(row["active_arr"] or 0)}
+
+
+class CustomerDirectory:
+    """Source ids and e-mail domains of every customer, for matching vendor records.
+
+    Loaded from the profile view in one query; call :meth:`refresh` after new customers."""
+
+    SOURCE_FIELDS = ("external_key", "zendesk_org_id", "intercom_company_id", "mixpanel_account_id")
+
+    def __init__(self, store: ViewStore) -> None:
+        self.store = store
+        self._sources: dict[tuple[str, str], UUID] = {}
+        self._domains: dict[str, UUID | None] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        with self.store.snapshot() as tx:
+            rows = tx.fetchall(f"SELECT customer_id, domain, {', '.join(self.SOURCE_FIELDS)} FROM {CUSTOMERS}")
+        sources: dict[tuple[str, str], UUID] = {}
+        domains: dict[str, UUID | None] = {}
+        for row in rows:
+            cid = UUID(row["customer_id"])
+            for field in self.SOURCE_FIELDS:
+                if row[field]:
+                    sources[(field, str(row[field]).lower())] = cid
+            if row["domain"]:
+                domain = row["domain"].lower()
+                domains[domain] = None if domain in domains and domains[domain] != cid else cid
+        self._sources, self._domains = sources, domains
+
+    def by_source(self, field: str, value: str) -> UUID | None:
+        return self._sources.get((field, value.lower()))
+
+    def by_domain(self, domain: str) -> UUID | None:
+        return self._domains.get(domain.lower())

@@ -12,20 +12,41 @@ from typing import Any
 from uuid import UUID
 
 from events.domain import Customer, event_id, event_type
+from events.signals import EmailEvent, SurveyResponse, Ticket
 from events.personal import ERASED, TOKEN_PREFIX, PersonalDataCodec
 from projections.base import Projection, utc_iso
 from projections.cursor import decode_cursor, encode_cursor
 from projections.store import Tx, ViewStore
 
 TIMELINE = "cs_timeline_v1"
+SUBJECTS = "cs_timeline_subjects_v1"  # ticket id -> customer id, for ticket events after Opened
 
 
 def _fmt(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
-def summarise(event: Any) -> str:
-    """One line a CSM can read. Never includes personal data."""
+def _ticket_ref(ticket: Any) -> str:
+    return f"{ticket.vendor} #{ticket.vendor_id}"
+
+
+def summarise(event: Any, ticket_ref: str = "") -> str:
+    """One line a CSM can read. Never includes personal data or customer-supplied text."""
+    if isinstance(event, Ticket.Opened):
+        return f"Ticket opened on {_ticket_ref(event)} (status {event.status}, priority {_fmt(event.priority)})"
+    if isinstance(event, Ticket.Changed):
+        return f"Ticket {ticket_ref}: status {event.status}, priority {_fmt(event.priority)}"
+    if isinstance(event, Ticket.Solved):
+        return f"Ticket {ticket_ref} solved"
+    if isinstance(event, Ticket.Reopened):
+        return f"Ticket {ticket_ref} reopened ({event.status})"
+    if isinstance(event, Ticket.Rated):
+        return f"Ticket {ticket_ref} rated {event.raw_score} (CSAT {event.csat:.2f})"
+    if isinstance(event, SurveyResponse.Recorded):
+        kind = "promoter" if event.score >= 9 else ("passive" if event.score >= 7 else "detractor")
+        return f"NPS response {event.score} ({kind})"
+    if isinstance(event, EmailEvent.Recorded):
+        return f"E-mail {event.kind}" + (f": {event.reason}" if event.reason and event.kind in ("bounce", "dropped") else "")
     if isinstance(event, Customer.Registered):
         p = event.profile
         bits = [f"{k} {p[k]}" for k in ("tier", "arr", "seats", "renewal_date") if p.get(k) is not None]
@@ -53,12 +74,30 @@ def details(event: Any) -> dict[str, Any]:
         return {"contact_id": event.contact_id}
     if isinstance(event, Customer.Churned):
         return {"churned_on": event.churned_on, "reason": event.reason}
+    if isinstance(event, Ticket.Opened):
+        return {"ticket_id": str(event.originator_id), "vendor": event.vendor, "vendor_id": event.vendor_id,
+                "status": event.status, "priority": event.priority, "channel": event.channel,
+                "customer_supplied": {"subject": event.subject, "requester": event.requester}}  # fmt: skip
+    if isinstance(event, (Ticket.Changed, Ticket.Reopened)):
+        return {"ticket_id": str(event.originator_id), "status": event.status,
+                "priority": getattr(event, "priority", None)}  # fmt: skip
+    if isinstance(event, Ticket.Solved):
+        return {"ticket_id": str(event.originator_id), "solved_at": event.solved_at}
+    if isinstance(event, Ticket.Rated):
+        return {"ticket_id": str(event.originator_id), "csat": event.csat, "raw_score": event.raw_score,
+                "customer_supplied": {"comment": event.comment}}  # fmt: skip
+    if isinstance(event, SurveyResponse.Recorded):
+        return {"response_id": event.response_id, "score": event.score,
+                "customer_supplied": {"comment": event.comment, "email": event.email}}  # fmt: skip
+    if isinstance(event, EmailEvent.Recorded):
+        return {"kind": event.kind, "message_id": event.message_id, "url": event.url, "reason": event.reason,
+                "customer_supplied": {"email": event.email}}  # fmt: skip
     return {}
 
 
 class TimelineProjection(Projection):
     name = "timeline_v1"
-    tables = (TIMELINE,)
+    tables = (TIMELINE, SUBJECTS)
 
     def schema(self) -> list[str]:
         return [
@@ -68,17 +107,34 @@ class TimelineProjection(Projection):
                 actor TEXT NOT NULL, source TEXT NOT NULL, source_id TEXT NOT NULL,
                 summary TEXT NOT NULL, details TEXT NOT NULL)""",
             f"CREATE INDEX IF NOT EXISTS ix_{TIMELINE}_customer ON {TIMELINE} (customer_id, occurred_at, position)",
+            f"""CREATE TABLE IF NOT EXISTS {SUBJECTS} (aggregate_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL,
+                label TEXT NOT NULL)""",
         ]
 
     def handle(self, tx: Tx, event: Any, position: int) -> None:
-        if not isinstance(event, Customer.Event):
+        ticket_ref = ""
+        if isinstance(event, Customer.Event):
+            customer_id = str(event.originator_id)
+        elif isinstance(event, (Ticket.Opened, SurveyResponse.Recorded, EmailEvent.Recorded)):
+            if event.customer_id is None:
+                return  # unmatched: counted in sync status, on nobody's timeline
+            customer_id = event.customer_id
+            if isinstance(event, Ticket.Opened):
+                tx.execute(f"INSERT INTO {SUBJECTS} (aggregate_id, customer_id, label) VALUES (?, ?, ?)",
+                           (str(event.originator_id), customer_id, _ticket_ref(event)))  # fmt: skip
+        elif isinstance(event, Ticket.Event):
+            row = tx.fetchone(f"SELECT customer_id, label FROM {SUBJECTS} WHERE aggregate_id = ?", (str(event.originator_id),))
+            if row is None:
+                return
+            customer_id, ticket_ref = row["customer_id"], row["label"]
+        else:
             return
         tx.execute(
             f"INSERT INTO {TIMELINE} (position, customer_id, event_id, type, occurred_at, recorded_at, actor,"
             " source, source_id, summary, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 position,
-                str(event.originator_id),
+                customer_id,
                 str(event_id(event)),
                 event_type(event),
                 utc_iso(event.occurred_at),
@@ -86,7 +142,7 @@ class TimelineProjection(Projection):
                 event.actor,
                 event.source,
                 event.source_id,
-                summarise(event),
+                summarise(event, ticket_ref),
                 json.dumps(details(event), sort_keys=True),
             ),
         )
@@ -139,9 +195,11 @@ class TimelineView:
         return rows, next_cursor
 
     def _reveal(self, customer_id: UUID, data: dict[str, Any]) -> dict[str, Any]:
-        out = {}
+        out: dict[str, Any] = {}
         for key, value in data.items():
-            if isinstance(value, str) and value.startswith(TOKEN_PREFIX):
+            if isinstance(value, dict):
+                out[key] = self._reveal(customer_id, value)
+            elif isinstance(value, str) and value.startswith(TOKEN_PREFIX):
                 plain = self.codec.decrypt(customer_id, value)
                 out[key] = ERASED if plain is None else plain
             else:

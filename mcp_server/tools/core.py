@@ -25,6 +25,7 @@ from mcp_server.schemas import (
 )
 from mcp_server.services import Services
 from mcp_server.tools.common import after_write, command_meta, read_ready, services, tool_errors
+from mcp_server.tools.signals import signals_as_of
 
 ClientId = Annotated[
     str,
@@ -90,6 +91,7 @@ def overview(svc: Services, client_id: str, now: datetime | None = None) -> Clie
         registered_at=row["registered_at"],
         last_activity_at=row["updated_at"],
         recent_activity=[_entry(r) for r in recent],
+        signals=signals_as_of(svc.store, customer_id, row["seats"], as_of),
         as_of=as_of,
     )
 

@@ -1,0 +1,285 @@
+"""Ingestion: files, pull syncs and webhook deliveries through the vendors' translators into
+:class:`events.ingest.SignalBatch` commits. Shared by `cs import`, `cs sync` and the HTTP
+webhook receiver, so every path records the same events for the same facts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from itertools import islice
+from typing import IO, Any
+
+import structlog
+from eventsourcing.persistence import IntegrityError
+
+from connectors import intercom, mixpanel, nps, sendgrid, zendesk
+from connectors.matching import CustomerDirectory
+from events.application import CustomerSuccess
+from events.commands import CommandMeta
+from events.errors import InvalidInputError
+from events.ingest import BatchReport, Match, SignalBatch, UsageEvent
+from events.settings import Settings
+from events.signals import Connector, signal_id
+
+log = structlog.get_logger(__name__)
+
+FILE_SOURCES = ("zendesk", "intercom", "mixpanel", "sendgrid", "nps")
+SYNC_SOURCES = ("zendesk", "intercom", "mixpanel")
+CHUNK = 500
+USAGE_CHUNK = 50_000
+COMMIT_ATTEMPTS = 3
+
+
+@dataclass
+class WebhookOutcome:
+    status: int  # 200 recorded or duplicate, 400 malformed, 401 bad signature
+    message: str
+    report: BatchReport | None = None
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+class Ingestion:
+    def __init__(self, app: CustomerSuccess, directory: CustomerDirectory, settings: Settings, *, actor: str) -> None:
+        self.app = app
+        self.directory = directory
+        self.settings = settings
+        self.actor = actor
+        self.account_property = settings.vendor.get("CS_MIXPANEL_ACCOUNT_PROPERTY") or "account_id"
+
+    # ------------------------------------------------------------------ commit
+    def _commit(self, vendor: str, channel: str, source_id: str, fill: Callable[[SignalBatch], None],
+                cursor: str | None = None, record_batch: bool = True) -> BatchReport:  # fmt: skip
+        """Build and commit one batch; on a concurrent write to the same aggregates, rebuild
+        it from the new state and try again (the retry then sees duplicates, not conflicts)."""
+        meta = CommandMeta(actor=self.actor, source=f"{vendor}.{channel}", source_id=source_id)
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            batch = SignalBatch(self.app, vendor, channel, meta)
+            fill(batch)
+            try:
+                return batch.commit(cursor, record_batch=record_batch)
+            except IntegrityError:
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+                log.info("ingest.retry_conflict", vendor=vendor, channel=channel, attempt=attempt)
+        raise AssertionError("unreachable")
+
+    def cursor(self, vendor: str) -> str | None:
+        cid = signal_id("connector", vendor)
+        if not self.app.exists(cid):
+            return None
+        connector: Connector = self.app.repository.get(cid)
+        return connector.cursor
+
+    def record_failure(self, vendor: str, channel: str, error: str) -> None:
+        """A failed sync is an event too: get_sync_status shows it, the cursor stays put."""
+        meta = CommandMeta(actor=self.actor, source=f"{vendor}.{channel}", source_id="failure")
+        cid = signal_id("connector", vendor)
+        now = datetime.now(timezone.utc)
+        kw = {"actor": meta.actor, "source": meta.source, "source_id": meta.source_id, "occurred_at": now}
+        connector: Connector = self.app.repository.get(cid) if self.app.exists(cid) else Connector(vendor=vendor, **kw)
+        connector.failed(channel=channel, error=error[:500], **kw)
+        self.app.save(connector)
+
+    # ------------------------------------------------------------------- files
+    def import_file(self, source: str, stream: IO[str], name: str, on_progress: Callable[[int], None] | None = None) -> BatchReport:
+        if source not in FILE_SOURCES:
+            raise InvalidInputError("SOURCE", f"unknown {source!r}; available: customers, {', '.join(FILE_SOURCES)}")
+        total = BatchReport()
+        if source == "mixpanel":
+            for report in self._mixpanel_lines(enumerate(stream, start=1), "import", name):
+                total.merge(report)
+                if on_progress:
+                    on_progress(report.received)
+            return total
+        if source == "nps":
+            rows: Iterable[tuple[str, Any]] = ((f"line {n}", row) for n, row in nps.read_rows(stream))
+        else:
+            try:
+                data = json.load(stream)
+            except ValueError as exc:
+                raise InvalidInputError("FILE", f"{name} is not JSON: {exc}") from None
+            rows = self._file_records(source, data)
+        for chunk in _chunks(rows, CHUNK):
+            report = self._commit(source, "import", name, lambda b, c=chunk: self._fill(source, b, c))
+            total.merge(report)
+            if on_progress:
+                on_progress(report.received)
+        return total
+
+    def _file_records(self, source: str, data: Any) -> Iterator[tuple[str, Any]]:
+        if source == "zendesk":
+            for p, page in enumerate(zendesk.file_pages(data), start=1):
+                users = {u["id"]: u.get("email") for u in page.get("users") or [] if isinstance(u, dict) and "id" in u}
+                tickets = page.get("tickets")
+                if not isinstance(tickets, list):
+                    raise InvalidInputError(f"page {p}.tickets", "missing; expected an incremental export page")
+                for i, ticket in enumerate(tickets):
+                    yield f"page {p} ticket {i + 1}", (ticket, users)
+        elif source == "intercom":
+            for i, conversation in enumerate(intercom.file_conversations(data)):
+                yield f"conversation {i + 1}", conversation
+        else:
+            for i, event in enumerate(sendgrid.file_events(data)):
+                yield f"event {i + 1}", event
+
+    def _fill(self, source: str, batch: SignalBatch, records: list[tuple[str, Any]]) -> None:
+        for where, record in records:
+            try:
+                if source == "zendesk":
+                    snap = zendesk.translate(*record)
+                    batch.ticket(snap, zendesk.match_ticket(self.directory, snap))
+                elif source == "intercom":
+                    snap = intercom.translate(record)
+                    batch.ticket(snap, intercom.match_conversation(self.directory, snap))
+                elif source == "sendgrid":
+                    activity = sendgrid.translate(record)
+                    batch.email(activity, sendgrid.match_recipient(self.directory, activity))
+                else:
+                    answer = nps.translate(record)
+                    batch.survey(answer, nps.match_answer(self.directory, answer))
+            except InvalidInputError as exc:
+                batch.reject(where, exc.field, str(exc).split(": ", 1)[-1])
+
+    def _mixpanel_lines(self, lines: Iterable[tuple[int, str | bytes]], channel: str, name: str,
+                        final_cursor: str | None = None) -> Iterator[BatchReport]:  # fmt: skip
+        """Commit raw events chunk by chunk; only the last chunk carries the new cursor, so a
+        sync killed between chunks re-reads the day (duplicates count once)."""
+        matches: dict[str | None, Match] = {}
+        chunks = _chunks(lines, USAGE_CHUNK)
+        current = next(chunks, None)
+        while current is not None:
+            following = next(chunks, None)
+            events: list[UsageEvent] = []
+            rejected: list[tuple[str, str, str]] = []
+            for number, line in current:
+                if not line.strip():
+                    continue
+                try:
+                    event = mixpanel.parse_line(line, self.account_property)
+                except InvalidInputError as exc:
+                    rejected.append((f"line {number}", exc.field, str(exc).split(": ", 1)[-1]))
+                    continue
+                if event.account not in matches:
+                    matches[event.account] = mixpanel.match_account(self.directory, event.account, event.email)
+                events.append(event)
+
+            def fill(batch: SignalBatch, events: list[UsageEvent] = events, rejected: list[Any] = rejected) -> None:
+                batch.usage(events, matches)
+                for where, field_name, reason in rejected:
+                    batch.reject(where, field_name, reason)
+
+            yield self._commit("mixpanel", channel, name, fill, final_cursor if following is None else None)
+            current = following
+
+    # ------------------------------------------------------------------- syncs
+    async def sync(self, vendor: str, client: Any, *, today: date | None = None, lookback_days: int = 90) -> BatchReport:
+        """Pull from ``cursor`` to now, one atomic commit (events + new cursor) per page."""
+        total = BatchReport()
+        now = datetime.now(timezone.utc)
+        if vendor == "zendesk":
+            start = int((now - timedelta(days=lookback_days)).timestamp())
+            async for page in zendesk.fetch_pages(client, self.cursor(vendor), start):
+                snaps, after, _ = zendesk.translate_page(page)
+
+                def fill(batch: SignalBatch, snaps: list[Any] = snaps) -> None:
+                    for i, snap in enumerate(snaps):
+                        if isinstance(snap, InvalidInputError):
+                            batch.reject(f"ticket {i + 1}", snap.field, str(snap).split(": ", 1)[-1])
+                        else:
+                            batch.ticket(snap, zendesk.match_ticket(self.directory, snap))
+
+                total.merge(self._commit(vendor, "sync", "incremental-export", fill, after))
+        elif vendor == "intercom":
+            since = int(self.cursor(vendor) or int((now - timedelta(days=lookback_days)).timestamp()))
+            newest = since
+            async for page in intercom.fetch_pages(client, since):
+                conversations = page["conversations"]
+                newest = max([newest, *(int(c.get("updated_at") or 0) for c in conversations if isinstance(c, dict))])
+                records = [(f"conversation {i + 1}", c) for i, c in enumerate(conversations)]
+                total.merge(self._commit(vendor, "sync", "conversations-search", lambda b, r=records: self._fill(vendor, b, r)))
+            # The search is complete: move the cursor (one second back: equal timestamps re-read, deduped).
+            total.merge(self._commit(vendor, "sync", "conversations-search", lambda b: None, str(max(since, newest - 1))))
+        elif vendor == "mixpanel":
+            project = self.settings.vendor.get("CS_MIXPANEL_PROJECT_ID")
+            if not project:
+                raise InvalidInputError("CS_MIXPANEL_PROJECT_ID", "required for `cs sync mixpanel`")
+            today = today or now.date()
+            last = self.cursor(vendor)
+            day = date.fromisoformat(last) + timedelta(days=1) if last else today - timedelta(days=lookback_days)
+            while day <= today:
+                lines = [(n, line) async for n, line in _numbered(mixpanel.fetch_lines(client, project, day, day))]
+                complete = day.isoformat() if day < today else last  # today is re-read next time
+                for report in self._mixpanel_lines(lines, "sync", f"export {day}", complete):
+                    total.merge(report)
+                if not lines and day < today:
+                    total.merge(self._commit(vendor, "sync", f"export {day}", lambda b: None, day.isoformat()))
+                last = complete
+                day += timedelta(days=1)
+        else:
+            raise InvalidInputError("SOURCE", f"no pull sync for {vendor!r}; available: {', '.join(SYNC_SOURCES)}")
+        return total
+
+    # ----------------------------------------------------------------- webhooks
+    def webhook(self, vendor: str, headers: dict[str, str], body: bytes) -> WebhookOutcome:
+        """Verify, parse, translate and record one delivery (duplicates are 200, recorded once)."""
+        secrets = self.settings.vendor
+        lowered = {k.lower(): v for k, v in headers.items()}
+        if vendor == "zendesk":
+            ok = zendesk.verify_webhook(secrets.get("CS_ZENDESK_WEBHOOK_SECRET", ""), lowered, body)
+        elif vendor == "intercom":
+            ok = intercom.verify_webhook(secrets.get("CS_INTERCOM_CLIENT_SECRET", ""), lowered, body)
+        elif vendor == "sendgrid":
+            ok = sendgrid.verify_webhook(secrets.get("CS_SENDGRID_WEBHOOK_PUBLIC_KEY", ""), lowered, body)
+        else:
+            return WebhookOutcome(404, f"no webhook receiver for {vendor!r}")
+        if not ok:
+            return WebhookOutcome(401, "signature missing, invalid or stale")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return WebhookOutcome(400, "body is not JSON")
+        try:
+            fill = self._webhook_fill(vendor, payload)
+        except InvalidInputError as exc:
+            return WebhookOutcome(400, str(exc))
+        if fill is None:
+            return WebhookOutcome(200, "ignored: no ticket or e-mail event in this delivery")
+        report = self._commit(vendor, "webhook", lowered.get("x-zendesk-webhook-id", "delivery"), fill, record_batch=False)
+        if report.rejected:
+            return WebhookOutcome(400, "; ".join(f"{r['field']}: {r['reason']}" for r in report.rejected), report)
+        return WebhookOutcome(200, "duplicate" if report.recorded == 0 else "recorded", report)
+
+    def _webhook_fill(self, vendor: str, payload: Any) -> Callable[[SignalBatch], None] | None:
+        if vendor == "sendgrid":
+            activities = [sendgrid.translate(e) for e in sendgrid.file_events(payload)]
+
+            def fill_emails(batch: SignalBatch) -> None:
+                for activity in activities:
+                    batch.email(activity, sendgrid.match_recipient(self.directory, activity))
+
+            return fill_emails
+        translate = zendesk.translate_webhook if vendor == "zendesk" else intercom.translate_webhook
+        matcher = zendesk.match_ticket if vendor == "zendesk" else intercom.match_conversation
+        snap = translate(payload)
+        if snap is None:
+            return None
+
+        def fill_ticket(batch: SignalBatch) -> None:
+            batch.ticket(snap, matcher(self.directory, snap))
+
+        return fill_ticket
+
+
+async def _numbered(lines: Any) -> Any:
+    number = 0
+    async for line in lines:
+        number += 1
+        yield number, line
