@@ -1,0 +1,137 @@
+"""Governance tools: replay a customer as of an instant, verify the event log's hash chain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from events.replay import as_utc, customer_state_as_of
+from mcp_server.schemas import Contact
+from mcp_server.services import Services
+from mcp_server.tools.common import services, tool_errors
+from projections.audit import VerifyReport, catch_up_chain, verify_chain
+
+ClientId = Annotated[
+    str,
+    Field(
+        min_length=1, max_length=64, description="external key (e.g. 'acme-corp') or the id returned at registration"
+    ),
+]
+
+
+class ReplayedEvent(BaseModel):
+    position: int = Field(description="position of the event in the log")
+    type: str
+    occurred_at: datetime
+    recorded_at: datetime
+
+
+class ReplayedHealth(BaseModel):
+    score: float | None
+    band: Literal["green", "yellow", "red", "unknown"]
+    note: str | None = None
+
+
+class CustomerState(BaseModel):
+    id: str
+    client_id: str = Field(description="the external key")
+    status: Literal["active", "churned"]
+    churned_on: str | None
+    churn_reason: str | None
+    profile: dict[str, Any] = Field(description="profile and contract fields as they were")
+    contacts: list[Contact]
+    health: ReplayedHealth
+    registered_at: datetime
+    last_position: int = Field(description="position of the last event folded into this state")
+    events: list[ReplayedEvent] = Field(description="the events applied, in order")
+
+
+class StateAsOf(BaseModel):
+    client_id: str
+    as_of: datetime
+    known_at: datetime | None
+    existed: bool = Field(description="false when the customer did not exist yet at as_of (state is null)")
+    state: CustomerState | None
+    message: str
+
+
+class AuditTrailReport(BaseModel):
+    ok: bool = Field(description="true when every linked event still matches its link")
+    checked: int = Field(description="events whose link was recomputed and matched")
+    first_broken: int | None = Field(description="position of the first event that breaks the chain")
+    reason: str | None
+    head: int = Field(description="last position in the event log")
+    linked: int = Field(description="last position linked by the chain")
+    unverified: int = Field(description="events after the last link, not linked yet (not a failure)")
+    message: str
+
+
+def state_as_of(svc: Services, client_id: str, as_of: datetime, known_at: datetime | None) -> StateAsOf:
+    """The replayed state as a tool result (raises CustomerNotFoundError / InvalidInputError)."""
+    when, known = as_utc(as_of), (as_utc(known_at) if known_at is not None else None)
+    state = customer_state_as_of(svc.app, client_id, when, known)
+    if state is None:
+        suffix = f" (as known at {known.isoformat()})" if known else ""
+        return StateAsOf(
+            client_id=client_id, as_of=when, known_at=known, existed=False, state=None,
+            message=f"{client_id} did not exist yet at {when.isoformat()}{suffix}",
+        )  # fmt: skip
+    replayed = CustomerState(
+        id=state["id"],
+        client_id=state["external_key"],
+        status=state["status"],
+        churned_on=state["churned_on"],
+        churn_reason=state["churn_reason"],
+        profile=state["profile"],
+        contacts=[Contact(**c) for c in state["contacts"]],
+        health=ReplayedHealth(**state["health"]),
+        registered_at=state["registered_at"],
+        last_position=state["last_position"],
+        events=[ReplayedEvent(**e) for e in state["events"]],
+    )
+    return StateAsOf(
+        client_id=client_id, as_of=when, known_at=known, existed=True, state=replayed,
+        message=f"{len(replayed.events)} event(s) replayed up to position {replayed.last_position}",
+    )  # fmt: skip
+
+
+def audit_report(svc: Services) -> AuditTrailReport:
+    """Link what is new (when this process runs the chain), then verify the whole chain."""
+    not_linked = catch_up_chain(svc.engine)
+    report: VerifyReport = verify_chain(svc.store, svc.app.recorder)
+    message = report.summary() + (f" (new events could not be linked: {not_linked})" if not_linked else "")
+    return AuditTrailReport(**report.as_dict(), message=message)
+
+
+def register(mcp: MCPServer) -> None:
+    @mcp.tool(annotations=ToolAnnotations(title="Customer state as of an instant", read_only_hint=True))
+    def get_customer_state_as_of(
+        ctx: Context,
+        client_id: ClientId,
+        as_of: Annotated[datetime, Field(description="ISO 8601 instant; without a time zone it is UTC")],
+        known_at: Annotated[
+            datetime | None,
+            Field(description="also leave out events recorded after this instant (what we knew then); ISO 8601"),
+        ] = None,
+    ) -> StateAsOf:
+        """The customer's profile, contract, contacts and status exactly as they were at a
+        past instant, replayed from the event log (events that occurred at or before as_of;
+        with known_at, only those already recorded then). Health as of a past instant is not
+        computed yet: it is null with a note. existed is false before the registration."""
+        svc = services(ctx)
+        with tool_errors():
+            return state_as_of(svc, client_id, as_of, known_at)
+
+    @mcp.tool(annotations=ToolAnnotations(title="Verify the audit trail", read_only_hint=True))
+    def verify_audit_trail(ctx: Context) -> AuditTrailReport:
+        """Check the event log's hash chain: recompute each link from the stored events and
+        report how many were checked, the first broken position and why (an event changed,
+        deleted or inserted after it was linked), the head of the log, and how many recent
+        events are not linked yet (unverified, not a failure)."""
+        svc = services(ctx)
+        with tool_errors():  # a stopped chain projection is reported as "views unavailable"
+            return audit_report(svc)
