@@ -37,3 +37,20 @@ def text_or_none(value: Any, limit: int = 2000) -> str | None:
         return None
     text = str(value).strip()
     return text[:limit] or None
+
+
+MALFORMED_RETRIES = 3
+
+
+async def fetch_page(fetch: Any, *, vendor: str) -> Any:
+    """Fetch one page, asking again when the body arrives malformed (a truncated transfer is a
+    transient fault): bounded, and the cursor only moves after a page parsed in full."""
+    from connectors.http import MalformedResponseError
+
+    for attempt in range(1, MALFORMED_RETRIES + 1):
+        try:
+            return await fetch()
+        except MalformedResponseError:
+            if attempt == MALFORMED_RETRIES:
+                raise
+    raise AssertionError("unreachable")

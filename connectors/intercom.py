@@ -16,7 +16,7 @@ import hmac
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from connectors.common import parse_time, require, text_or_none
+from connectors.common import fetch_page, parse_time, require, text_or_none
 from connectors.matching import CustomerDirectory, match
 from events.errors import InvalidInputError
 from events.ingest import Match, Rating, TicketSnapshot
@@ -103,7 +103,7 @@ async def fetch_pages(client: Any, since: int) -> AsyncIterator[dict[str, Any]]:
         "pagination": {"per_page": PAGE_SIZE},
     }
     while True:
-        page = await client.post_json(SEARCH_PATH, body)
+        page = await fetch_page(lambda b=body: client.post_json(SEARCH_PATH, b), vendor=VENDOR)
         if not isinstance(page, dict) or not isinstance(page.get("conversations"), list):
             raise InvalidInputError("page.conversations", "missing; expected a conversation.list page")
         yield page

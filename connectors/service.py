@@ -31,6 +31,7 @@ SYNC_SOURCES = ("zendesk", "intercom", "mixpanel")
 CHUNK = 500
 USAGE_CHUNK = 50_000
 COMMIT_ATTEMPTS = 3
+MALFORMED_ATTEMPTS = 3
 
 
 @dataclass
@@ -215,7 +216,7 @@ class Ingestion:
             last = self.cursor(vendor)
             day = date.fromisoformat(last) + timedelta(days=1) if last else today - timedelta(days=lookback_days)
             while day <= today:
-                lines = [(n, line) async for n, line in _numbered(mixpanel.fetch_lines(client, project, day, day))]
+                lines = await self._export_day(client, project, day)
                 complete = day.isoformat() if day < today else last  # today is re-read next time
                 for report in self._mixpanel_lines(lines, "sync", f"export {day}", complete):
                     total.merge(report)
@@ -226,6 +227,23 @@ class Ingestion:
         else:
             raise InvalidInputError("SOURCE", f"no pull sync for {vendor!r}; available: {', '.join(SYNC_SOURCES)}")
         return total
+
+    async def _export_day(self, client: Any, project: str, day: date) -> list[tuple[int, bytes]]:
+        """One day of the raw export, read whole before anything is recorded. A line that is not
+        JSON means a truncated transfer: the day is fetched again (bounded)."""
+        for attempt in range(1, MALFORMED_ATTEMPTS + 1):
+            lines = [(n, line) async for n, line in _numbered(mixpanel.fetch_lines(client, project, day, day))]
+            truncated = False
+            for _, line in lines:
+                try:
+                    json.loads(line)
+                except ValueError:
+                    truncated = True
+                    break
+            if not truncated or attempt == MALFORMED_ATTEMPTS:
+                return lines  # on the last attempt the bad lines are reported as rejected
+            log.warning("mixpanel.export_malformed", day=day.isoformat(), attempt=attempt)
+        raise AssertionError("unreachable")
 
     # ----------------------------------------------------------------- webhooks
     def webhook(self, vendor: str, headers: dict[str, str], body: bytes) -> WebhookOutcome:

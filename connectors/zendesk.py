@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from connectors.common import parse_time, require, text_or_none
+from connectors.common import fetch_page, parse_time, require, text_or_none
 from connectors.matching import CustomerDirectory, match
 from events.errors import InvalidInputError
 from events.ingest import Match, Rating, TicketSnapshot
@@ -131,7 +131,7 @@ async def fetch_pages(client: Any, cursor: str | None, start_time: int) -> Async
     """Export pages from ``cursor`` (or ``start_time`` on a first sync), until end_of_stream."""
     params: dict[str, Any] = {"cursor": cursor} if cursor else {"start_time": start_time}
     while True:
-        page = await client.get_json(EXPORT_PATH, params=params)
+        page = await fetch_page(lambda p=params: client.get_json(EXPORT_PATH, params=p), vendor=VENDOR)
         yield page
         if not isinstance(page, dict) or page.get("end_of_stream") or not page.get("after_cursor"):
             return

@@ -7,10 +7,12 @@ Human output by default (rich tables); ``--json`` prints one JSON document for s
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
+from datetime import date
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any
@@ -20,14 +22,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from connectors.customers import CsvFormatError, ImportReport, import_customers, read_rows
+from connectors.service import FILE_SOURCES
 from events.errors import CSError
 from events.settings import ConfigurationError, Settings
-from mcp_server import dashboard
+from mcp_server import cli_connectors, dashboard, sample_data
 from mcp_server.logs import configure_logging
 from mcp_server.services import Services, open_services
 
 log = structlog.get_logger(__name__)
-IMPORT_SOURCES = ("customers",)
+IMPORT_SOURCES = ("customers", *FILE_SOURCES)
 
 
 class BadInput(Exception):
@@ -100,28 +103,54 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         if not path.is_file():
             raise BadInput(f"FILE: {args.file} does not exist or is not a file")
         stream, name, total = path.open(newline="", encoding="utf-8-sig"), path.name, _count_lines(path)
-    with stream, open_services(settings, run_projections=False) as svc:
+    with stream, open_services(settings) as svc:
+        if args.source != "customers":
+            batch = cli_connectors.import_signals(svc, args.source, stream, name, None if args.json else _console())
+            cli_connectors.print_batch(_console(), batch, args.json, f"{args.source} {name}")
+            return 2 if batch.rejected else 0
         report = _run_import(svc, args.source, stream, name, total, show=not args.json)
     _print_import(report, args.json)
     return 2 if report.rejected else 0
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    sample = resources.files("mcp_server") / "sample" / "customers.csv"
+    """The sample book through the same import paths a user runs: customers, then each vendor's
+    files (generated for today into DATA_DIR/demo), then the dashboard."""
+    customers_csv = (resources.files("mcp_server") / "sample" / "customers.csv").read_text(encoding="utf-8")
+    console = None if args.json else _console()
+    signals: dict[str, Any] = {}
     with open_services(settings) as svc:
-        with sample.open("r", encoding="utf-8", newline="") as stream:
-            report = _run_import(svc, "customers", stream, "sample customers.csv", None, show=not args.json)
+        report = _run_import(svc, "customers", io.StringIO(customers_csv), "customers.csv", None, show=not args.json)
+        if console:
+            _print_import(report, as_json=False)
+        files = sample_data.write_sample_files(customers_csv, settings.data_dir / "demo", date.today())
+        for source, path in files.items():
+            with path.open(encoding="utf-8", newline="") as stream:
+                batch = cli_connectors.import_signals(svc, source, stream, path.name, console)
+            signals[source] = batch.as_dict()
+            if console:
+                cli_connectors.print_batch(console, batch, False, f"{source} {path.name}")
         processed = svc.engine.ensure_current()
         data = dashboard.collect(svc)
     if args.json:
-        print(json.dumps({"import": report.as_dict(), "dashboard": data, "log_position": processed}, default=str))
+        print(json.dumps({"import": report.as_dict(), "signals": signals, "dashboard": data, "log_position": processed},
+                         default=str))  # fmt: skip
         return 0
-    _print_import(report, as_json=False)
     dashboard.render(_console(), data, settings)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    if args.http:
+        import uvicorn
+
+        from mcp_server.http import build_http_app
+
+        app = build_http_app(settings, host=args.host)
+        configure_logging(args.log_level)
+        log.info("serve.start", transport="http", host=args.host, port=args.port, backend=settings.backend)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
+        return 0
     from mcp_server.server import build_server
 
     server = build_server(settings)
@@ -136,18 +165,23 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
         names = [args.projection] if args.projection else None
         if args.projection and args.projection not in svc.engine.runners:
             raise BadInput(f"PROJECTION: unknown {args.projection!r}; available: {', '.join(svc.engine.runners)}")
+        from mcp_server.cli_governance import rebuild_guard  # the audit chain is never re-linked blindly
+
+        names, skipped = rebuild_guard(svc, names)
         head = svc.app.last_position()
         console = _console()
         with _progress(console, not args.json) as progress:
             total = head * len(names or svc.engine.runners)
             task = progress.add_task("rebuilding", total=total) if progress else None
             processed = svc.engine.rebuild(names, (lambda n: progress.advance(task, n)) if progress else None)
-        status = svc.engine.status()
+        status = [s for s in svc.engine.status() if s["projection"] in names]
     if args.json:
-        print(json.dumps({"events_processed": processed, "projections": status}))
+        print(json.dumps({"events_processed": processed, "projections": status, "skipped": skipped}))
     else:
         console.print(f"rebuilt {', '.join(s['projection'] for s in status if not names or s['projection'] in names)}"
                       f" from {head} events")  # fmt: skip
+        for skip in skipped:
+            console.print(f"[yellow]skipped {skip['projection']}[/]: {skip['reason']}")
     return 0
 
 
@@ -182,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
-    serve = sub.add_parser("serve", help="run the MCP server on stdio (keeps projections current in-process)")
+    serve = sub.add_parser("serve", help="run the MCP server on stdio, or HTTP with --http (keeps views current)")
+    serve.add_argument("--http", action="store_true", help="MCP at /mcp, webhooks, /healthz, /metrics")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (non-loopback needs CS_HTTP_TOKEN)")
+    serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(func=cmd_serve)
 
     imp = sub.add_parser("import", help="import a file: cs import customers FILE.csv (or - for stdin)")
@@ -200,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_argument("--json", action="store_true")
     tools.add_argument("--markdown", action="store_true", help="the docs/tools.md page")
     tools.set_defaults(func=cmd_tools)
+
+    cli_connectors.add_commands(sub)
+
+    from mcp_server import cli_governance  # verify, replay (imported here: it imports this module)
+
+    cli_governance.add_commands(sub)
     return parser
 
 

@@ -68,16 +68,19 @@ def mixpanel_lines(customers: list[SampleCustomer], today: date) -> list[str]:
         if c.churned or not c.mixpanel_account_id:
             continue
         story = STORIES.get(c.key, HEALTHY)
-        pool = max(3, min(c.seats // 3, 18))
+        pool = max(3, min(int(c.seats * 0.45), 30))
         for back in range(DAYS, 0, -1):
             day = today - timedelta(days=back)
             progress = (DAYS - back) / DAYS  # 0 at the start of the window, 1 yesterday
             level = max(0.0, 0.75 + story["trend"] * progress)
             if day.weekday() >= 5:
                 level *= 0.3
-            users = [u for u in range(pool) if unit(c.key, day, u) < level]
+            # A falling level loses whole users (the tail of the pool), not just busy days.
+            users = [u for u in range(pool) if u < pool * min(level / 0.75, 1.0) and unit(c.key, day, u) < 0.75]
             for u in users:
-                names = ["$session_start", *[f for i, f in enumerate(FEATURES) if unit(c.key, day, u, f) < 0.6 - 0.1 * i]]
+                breadth = len(FEATURES) * min(level / 0.75, 1.0)  # advanced features go first
+                names = ["$session_start", *[f for i, f in enumerate(FEATURES)
+                                             if i < breadth and unit(c.key, day, u, f) < 0.6 - 0.1 * i]]  # fmt: skip
                 for n, name in enumerate(names):
                     moment = _at(day, unit(c.key, day, u, n))
                     lines.append(json.dumps({"event": name, "properties": {
