@@ -16,10 +16,18 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError
 from pydantic import ValidationError
 
-from events.commands import ChurnCustomer, CommandMeta, RegisterCustomer, UpdateCustomer
+from events.commands import (
+    ChurnCustomer,
+    CommandMeta,
+    OverrideHealth,
+    OverrideStage,
+    RegisterCustomer,
+    UpdateCustomer,
+)
 from events.domain import CONTRACT_FIELDS, Customer, customer_id_for
 from events.errors import CustomerNotFoundError, InvalidInputError
 from events.personal import PersonalDataCodec
+from events.scorecard import SCORECARD_ID, Scorecard, ScorecardConfig
 from events.signals import Connector
 from events.settings import Settings
 
@@ -44,6 +52,23 @@ def _meta_kwargs(meta: CommandMeta) -> dict[str, Any]:
         "source_id": meta.source_id,
         "occurred_at": meta.occurred_at,
     }
+
+
+def _registered_kwargs(cmd: RegisterCustomer, meta: CommandMeta) -> dict[str, Any]:
+    """A customer exists from its contract start: registering an account that signed earlier
+    backdates ``occurred_at`` to that day, so as-of questions about that time know it."""
+    kw = _meta_kwargs(meta)
+    if cmd.contract_start:
+        start = datetime.combine(cmd.contract_start, time(), timezone.utc)
+        kw["occurred_at"] = min(start, meta.occurred_at)
+    return kw
+
+
+def _still_active(override: dict[str, Any] | None, meta: CommandMeta) -> dict[str, Any] | None:
+    """The override a new one replaces (kept in the new event: nothing is silently wiped)."""
+    if override and datetime.fromisoformat(override["expires_at"]) > meta.occurred_at:
+        return override
+    return None
 
 
 def _validate(model: type[Any], data: Any) -> Any:
@@ -103,7 +128,7 @@ class CustomerSuccess(Application[UUID]):
         customer_id = customer_id_for(cmd.external_key)
         if self.exists(customer_id):
             return CommandResult(customer_id, cmd.external_key, "existing", None)
-        customer = Customer(external_key=cmd.external_key, profile=cmd.profile(), **_meta_kwargs(meta))
+        customer = Customer(external_key=cmd.external_key, profile=cmd.profile(), **_registered_kwargs(cmd, meta))
         if cmd.contact_name or cmd.contact_email:
             self._add_contact(customer, cmd.contact_name, cmd.contact_email, None, True, meta)
         try:
@@ -166,7 +191,7 @@ class CustomerSuccess(Application[UUID]):
             self._apply_changes(customer, profile_changes, contract_changes, meta)
             changes = profile_changes + contract_changes
         else:
-            customer = Customer(external_key=data.external_key, profile=data.profile(), **meta_kw)
+            customer = Customer(external_key=data.external_key, profile=data.profile(), **_registered_kwargs(data, meta))
             status, changes = "created", []
         if (data.contact_name or data.contact_email) and not self._has_contact(customer, data.contact_email):
             primary = not customer.contacts
@@ -182,6 +207,63 @@ class CustomerSuccess(Application[UUID]):
             return CommandResult(customer_id, data.external_key, "unchanged", None)
         recordings = self.save(*pending)
         return CommandResult(customer_id, data.external_key, status, recordings[-1].notification.id, changes)
+
+    # ---------------------------------------------------------- health model
+    def scorecard(self) -> ScorecardConfig:
+        """The scorecard in force now: the default until configured (history: the views)."""
+        if not self.exists(SCORECARD_ID):
+            return ScorecardConfig()
+        card: Scorecard = self.repository.get(SCORECARD_ID)
+        return ScorecardConfig.model_validate(card.config)
+
+    def configure_scorecard(self, changes: dict[str, Any], meta: CommandMeta) -> tuple[ScorecardConfig, int | None]:
+        """Merge ``changes`` (weights / bands / key_features, each optional) into the current
+        scorecard; validated as a whole, recorded as one event with the previous version."""
+        unknown = sorted(set(changes) - {"weights", "bands", "key_features"})
+        if unknown:
+            raise InvalidInputError(unknown[0], "unknown setting; accepted: weights, bands, key_features")
+        current = self.scorecard()
+        merged = current.model_dump()
+        if "weights" in changes and isinstance(changes["weights"], dict):
+            merged["weights"] = {**merged["weights"], **changes["weights"]}
+        elif "weights" in changes:
+            merged["weights"] = changes["weights"]
+        for key in ("bands", "key_features"):
+            if key in changes:
+                merged[key] = changes[key]
+        config: ScorecardConfig = _validate(ScorecardConfig, merged)
+        if config == current:
+            return config, None
+        kw = _meta_kwargs(meta)
+        if self.exists(SCORECARD_ID):
+            card: Scorecard = self.repository.get(SCORECARD_ID)
+            card.change(config=config.model_dump(), previous=current.model_dump(), **kw)
+        else:
+            card = Scorecard(config=config.model_dump(), **kw)
+        return config, self.save(card)[-1].notification.id
+
+    def override_health(self, client_id: str, data: OverrideHealth | dict[str, Any], author: str,
+                        meta: CommandMeta) -> CommandResult:  # fmt: skip
+        cmd: OverrideHealth = _validate(OverrideHealth, data)
+        expires = cmd.expires_at if cmd.expires_at.tzinfo else cmd.expires_at.replace(tzinfo=timezone.utc)
+        if expires <= meta.occurred_at:
+            raise InvalidInputError("expires_at", f"{expires.isoformat()} is in the past; give a future instant")
+        customer = self.get_customer(client_id)
+        customer.override_health(band=cmd.band, score=cmd.score, reason=cmd.reason, author=author,
+                                 expires_at=expires.isoformat(), replaces=_still_active(customer.health_override, meta),
+                                 **_meta_kwargs(meta))  # fmt: skip
+        return CommandResult(customer.id, customer.external_key, "updated", self.save(customer)[-1].notification.id)
+
+    def override_stage(self, client_id: str, data: OverrideStage | dict[str, Any], author: str,
+                       meta: CommandMeta) -> CommandResult:  # fmt: skip
+        cmd: OverrideStage = _validate(OverrideStage, data)
+        expires = cmd.expires_at if cmd.expires_at.tzinfo else cmd.expires_at.replace(tzinfo=timezone.utc)
+        if expires <= meta.occurred_at:
+            raise InvalidInputError("expires_at", f"{expires.isoformat()} is in the past; give a future instant")
+        customer = self.get_customer(client_id)
+        customer.override_stage(stage=cmd.stage, reason=cmd.reason, author=author, expires_at=expires.isoformat(),
+                                replaces=_still_active(customer.stage_override, meta), **_meta_kwargs(meta))  # fmt: skip
+        return CommandResult(customer.id, customer.external_key, "updated", self.save(customer)[-1].notification.id)
 
     # ---------------------------------------------------------------- helpers
     @staticmethod

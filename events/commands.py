@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
 
@@ -107,3 +107,23 @@ class ChurnCustomer(BaseModel):
 
     churned_on: date
     reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
+
+
+STAGES = ("onboarding", "adoption", "mature", "renewal", "expansion", "at_risk", "churned")
+
+
+class OverrideHealth(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    band: Literal["green", "yellow", "red"]
+    score: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] | None = None
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]
+    expires_at: datetime
+
+
+class OverrideStage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Literal["onboarding", "adoption", "mature", "renewal", "expansion", "at_risk", "churned"]
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]
+    expires_at: datetime

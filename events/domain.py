@@ -76,6 +76,21 @@ class Customer(Aggregate):
         churned_on: str
         reason: str | None
 
+    class HealthOverridden(Event):
+        band: str
+        score: float | None
+        reason: str
+        author: str
+        expires_at: str
+        replaces: dict[str, Any] | None  # the override still active when this one was set, if any
+
+    class StageOverridden(Event):
+        stage: str
+        reason: str
+        author: str
+        expires_at: str
+        replaces: dict[str, Any] | None
+
     @staticmethod
     def create_id(external_key: str, **_: Any) -> UUID:
         return customer_id_for(external_key)
@@ -95,6 +110,8 @@ class Customer(Aggregate):
         self.profile: dict[str, Any] = dict(profile)
         self.contacts: dict[str, dict[str, Any]] = {}
         self.churned_on: str | None = None
+        self.health_override: dict[str, Any] | None = None
+        self.stage_override: dict[str, Any] | None = None
 
     @event(ProfileUpdated)
     def update_profile(
@@ -134,6 +151,20 @@ class Customer(Aggregate):
         self, *, contact_id: str, actor: str, source: str, source_id: str, occurred_at: datetime
     ) -> None:
         self.contacts.pop(contact_id, None)
+
+    @event(HealthOverridden)
+    def override_health(self, *, band: str, score: float | None, reason: str, author: str, expires_at: str,
+                        replaces: dict[str, Any] | None, actor: str, source: str, source_id: str,
+                        occurred_at: datetime) -> None:  # fmt: skip
+        self.health_override = {"band": band, "score": score, "reason": reason, "author": author,
+                                "expires_at": expires_at, "set_at": occurred_at.isoformat()}  # fmt: skip
+
+    @event(StageOverridden)
+    def override_stage(self, *, stage: str, reason: str, author: str, expires_at: str,
+                       replaces: dict[str, Any] | None, actor: str, source: str, source_id: str,
+                       occurred_at: datetime) -> None:  # fmt: skip
+        self.stage_override = {"stage": stage, "reason": reason, "author": author, "expires_at": expires_at,
+                               "set_at": occurred_at.isoformat()}  # fmt: skip
 
     @event(Churned)
     def churn(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
@@ -10,7 +10,10 @@ from mcp.server.mcpserver import MCPServer
 
 from events.settings import Settings
 from mcp_server.services import Services, open_services
+from mcp_server.tools import connectors as connector_tools
 from mcp_server.tools import core
+from mcp_server.tools import health as health_tools
+from mcp_server.tools import governance as governance_tools
 from projections.runner import ProjectionStoppedError
 
 INSTRUCTIONS = (
@@ -21,9 +24,12 @@ INSTRUCTIONS = (
 )
 
 
-def build_server(settings: Settings, *, background: bool = True) -> MCPServer[Services]:
+def build_server(
+    settings: Settings, *, background: bool = True, on_open: Callable[[Services], None] | None = None
+) -> MCPServer[Services]:
     """A server whose lifespan opens the services; with ``background`` it also polls for
-    events written by other processes (``cs import``) and folds them into the views."""
+    events written by other processes (``cs import``) and folds them into the views.
+    ``on_open`` hands the open services to HTTP routes that live beside the MCP endpoint."""
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[Services]) -> AsyncIterator[Services]:
@@ -32,10 +38,15 @@ def build_server(settings: Settings, *, background: bool = True) -> MCPServer[Se
                 await anyio.to_thread.run_sync(svc.engine.catch_up)
             except ProjectionStoppedError:
                 pass  # logged by the runner; every read reports it until it is fixed
+            if on_open:
+                on_open(svc)
             yield svc
 
     mcp: MCPServer[Services] = MCPServer(
         name="cs-backend", instructions=INSTRUCTIONS, version="0.1.0", lifespan=lifespan
     )
     core.register(mcp)
+    connector_tools.register(mcp)
+    health_tools.register(mcp)
+    governance_tools.register(mcp)
     return mcp

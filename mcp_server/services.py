@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from connectors.service import Ingestion
 from events.application import CustomerSuccess
 from events.personal import PersonalDataCodec, build_codec
 from events.settings import Settings
 from projections.catalog import default_projections
-from projections.profile import CustomerProfileView
+from projections.profile import CustomerDirectory, CustomerProfileView
+from projections.relay import EventRelay
 from projections.runner import ProjectionEngine
 from projections.store import ViewStore, build_view_store
 from projections.timeline import TimelineView
@@ -30,6 +32,26 @@ class Services:
     profiles: CustomerProfileView
     timeline: TimelineView
 
+    def ingestion(self, actor: str) -> Ingestion:
+        """Connectors' entry point, matching against the customers known now."""
+        self.engine.ensure_current()
+        return Ingestion(self.app, CustomerDirectory(self.store), self.settings, actor=actor)
+
+
+KAFKA_RELAY = "kafka_publisher_v1"
+
+
+def build_kafka_relay(settings: Settings, store: ViewStore, app: CustomerSuccess) -> EventRelay | None:
+    """The Kafka publisher (DESIGN §9) when ``CS_KAFKA_BOOTSTRAP`` is set, else None."""
+    if not settings.kafka_bootstrap:
+        return None
+    from connectors.kafka import KafkaSink
+    from events.envelope import CustomerResolver
+
+    resolver = CustomerResolver(app.recorder, app.mapper)
+    sink = KafkaSink(settings.kafka_bootstrap, settings.kafka_topic, resolve_customer=resolver)
+    return EventRelay(KAFKA_RELAY, sink, store, app.recorder, app.mapper)
+
 
 @contextmanager
 def open_services(settings: Settings, *, run_projections: bool = True, background: bool = False) -> Iterator[Services]:
@@ -39,7 +61,8 @@ def open_services(settings: Settings, *, run_projections: bool = True, backgroun
     codec = build_codec(settings)
     app = CustomerSuccess(settings, codec)
     store = build_view_store(settings)
-    engine = ProjectionEngine(default_projections(), store, app)
+    relays = [r for r in (build_kafka_relay(settings, store, app),) if r is not None]
+    engine = ProjectionEngine(default_projections(), store, app, relays=relays)
     try:
         engine.setup()
         if run_projections:
@@ -49,6 +72,8 @@ def open_services(settings: Settings, *, run_projections: bool = True, backgroun
         yield Services(settings, codec, app, store, engine, CustomerProfileView(store, codec), TimelineView(store, codec))
     finally:
         engine.stop()
+        for relay in relays:
+            getattr(relay.sink, "close", lambda: None)()
         store.close()
         app.close()
         codec.close()

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from projections.audit import AuditChainProjection
 from projections.base import Projection
+from projections.health_inputs import HealthInputsProjection
+from projections.feedback import EmailProjection, FeedbackProjection
 from projections.profile import CustomerProfileProjection
+from projections.support import SupportProjection
+from projections.sync_status import SyncStatusProjection
 from projections.timeline import TimelineProjection
+from projections.usage import UsageProjection
 
 
 def default_projections() -> list[Projection]:
-    return [CustomerProfileProjection(), TimelineProjection()]
+    return [
+        CustomerProfileProjection(),
+        TimelineProjection(),
+        SupportProjection(),
+        UsageProjection(),
+        FeedbackProjection(),
+        EmailProjection(),
+        SyncStatusProjection(),
+        HealthInputsProjection(),
+        AuditChainProjection(),
+    ]

@@ -1,0 +1,195 @@
+"""Health tools: calculate_health_score, configure_health_scorecard, override_health_score,
+backtest_health_model. All of them read the views built from events (see projections/health.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any, Literal
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from mcp_server.services import Services
+from mcp_server.tools.common import after_write, command_meta, read_ready, services, tool_errors
+from projections.backtest import backtest
+from projections.health import Health, compare, health_as_of
+from projections.health_history import history_rows
+
+ClientId = Annotated[str, Field(min_length=1, max_length=64, description="external key or customer id")]
+
+
+class ComponentOut(BaseModel):
+    name: str
+    score: float | None = Field(description="0-100; null when this component has no data")
+    weight: float
+    has_data: bool
+    inputs: dict[str, Any]
+    reason: str
+
+
+class HealthScore(BaseModel):
+    client_id: str
+    name: str
+    score: float | None
+    computed_score: float | None = Field(description="the model's score before any override")
+    band: Literal["green", "yellow", "red", "unknown"]
+    confidence: float = Field(description="share of the scorecard's weight whose components had data")
+    components: list[ComponentOut]
+    drivers: list[str]
+    trend: dict[str, Any]
+    override: dict[str, Any] | None
+    scorecard: dict[str, Any]
+    as_of: datetime
+    note: str | None
+    comparison: dict[str, Any] | None = None
+    history: list[dict[str, Any]] | None = None
+
+
+class HealthReport(BaseModel):
+    as_of: datetime
+    customer: HealthScore | None = Field(None, description="the one customer asked for (client_id given)")
+    items: list[HealthScore] = Field(default_factory=list, description="the book, worst first (no client_id)")
+    next_cursor: str | None = None
+    summary: dict[str, int] | None = Field(None, description="customers per band across the whole selection")
+
+
+def _now(moment: datetime | None) -> datetime:
+    if moment is None:
+        return datetime.now(timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _out(h: Health, prior: Health | None, names: dict[str, tuple[str, str]]) -> HealthScore:
+    key, name = names[h.customer_id]
+    delta = None if prior is None or prior.score is None or h.score is None else round(h.score - prior.score, 1)
+    trend = {"delta_30d": delta, "direction": None if delta is None else ("up" if delta > 2 else "down" if delta < -2 else "flat"),
+             "score_30d_ago": prior.score if prior else None}  # fmt: skip
+    data = h.as_dict()
+    return HealthScore(client_id=key, name=name, trend=trend, as_of=datetime.fromisoformat(h.as_of),
+                       components=[ComponentOut(**c) for c in data["components"]],
+                       **{k: data[k] for k in ("score", "computed_score", "band", "confidence", "drivers", "override",
+                                               "scorecard", "note")})  # fmt: skip
+
+
+def _names(svc: Services) -> dict[str, tuple[str, str]]:
+    with svc.store.snapshot() as tx:
+        return {r["customer_id"]: (r["external_key"], r["name"]) for r in tx.fetchall(
+            "SELECT customer_id, external_key, name FROM cs_customers_v1")}  # fmt: skip
+
+
+def one_customer(svc: Services, client_id: str, as_of: datetime, compare_to: datetime | None, history: bool) -> HealthScore:
+    cid = svc.app.resolve(client_id)
+    now = health_as_of(svc.store, as_of, [cid]).get(str(cid))
+    if now is None:
+        raise ToolError(f"as_of: {client_id!r} was not registered yet at {as_of.isoformat()}; pass a later instant")
+    prior = health_as_of(svc.store, as_of - timedelta(days=30), [cid]).get(str(cid))
+    out = _out(now, prior, _names(svc))
+    if compare_to is not None:
+        other = health_as_of(svc.store, compare_to, [cid]).get(str(cid))
+        out.comparison = compare(other, now) if other else {"note": f"not registered yet at {compare_to.isoformat()}"}
+    if history:
+        out.history = [{"day": r["day"], "score": r["score"], "band": r["band"], "confidence": r["confidence"]}
+                       for r in history_rows(svc.store, cid)] or None  # fmt: skip
+    return out
+
+
+def register(mcp: MCPServer) -> None:
+    @mcp.tool(annotations=ToolAnnotations(title="Health score", read_only_hint=True))
+    def calculate_health_score(
+        ctx: Context,
+        client_id: ClientId | None = None,
+        as_of: datetime | None = None,
+        compare_to: Annotated[datetime | None, Field(description="explain the change from this instant to as_of")] = None,
+        include_history: bool = False,
+        band: Literal["green", "yellow", "red", "unknown"] | None = None,
+        include_churned: bool = False,
+        limit: Annotated[int, Field(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, Field(max_length=20, pattern=r"^\d+$")] = None,
+    ) -> HealthReport:
+        """Health of one customer (client_id) or of the whole book (worst first), now or as of
+        a past instant: score 0-100, band, the six components with their inputs and weights,
+        confidence, top drivers, 30-day trend and any active override. With compare_to, explains
+        the change between the two instants component by component. Computed from events only;
+        components without data are left out and lower the confidence."""
+        svc = services(ctx)
+        moment = _now(as_of)
+        with tool_errors():
+            read_ready(svc)
+            if client_id:
+                one = one_customer(svc, client_id, moment, _now(compare_to) if compare_to else None, include_history)
+                return HealthReport(as_of=moment, customer=one)
+            scores = health_as_of(svc.store, moment)
+            prior = health_as_of(svc.store, moment - timedelta(days=30))
+        names = _names(svc)
+        selected = [h for h in scores.values() if include_churned or not h.note or not h.note.startswith("churned")]
+        summary: dict[str, int] = {}
+        for h in selected:
+            summary[h.band] = summary.get(h.band, 0) + 1
+        if band:
+            selected = [h for h in selected if h.band == band]
+        selected.sort(key=lambda h: (h.score is None, h.score if h.score is not None else 0, names[h.customer_id][0]))
+        start = int(cursor or 0)
+        page = selected[start : start + limit]
+        next_cursor = str(start + limit) if start + limit < len(selected) else None
+        return HealthReport(as_of=moment, items=[_out(h, prior.get(h.customer_id), names) for h in page],
+                          next_cursor=next_cursor, summary=summary)  # fmt: skip
+
+    @mcp.tool(annotations=ToolAnnotations(title="Configure the health scorecard", read_only_hint=False,
+                                          destructive_hint=False, idempotent_hint=True))  # fmt: skip
+    def configure_health_scorecard(
+        ctx: Context,
+        weights: Annotated[dict[str, float] | None, Field(description="component -> weight (>= 0); components: usage, adoption, support, sentiment, engagement, financial")] = None,
+        bands: Annotated[dict[str, float] | None, Field(description='lower bounds, e.g. {"green": 70, "yellow": 40}')] = None,
+        key_features: Annotated[list[str] | None, Field(max_length=100, description="features adoption counts; [] = every feature seen")] = None,
+    ) -> dict[str, Any]:
+        """Change the health model's weights, band thresholds or key features. Recorded as an
+        event with the previous version, so every past score stays explainable with the model
+        of its day. Omitted settings keep their current value. Returns the model now in force."""
+        svc = services(ctx)
+        changes = {k: v for k, v in (("weights", weights), ("bands", bands), ("key_features", key_features)) if v is not None}
+        with tool_errors():
+            if not changes:
+                raise ToolError("weights, bands or key_features: pass at least one setting to change")
+            config, position = svc.app.configure_scorecard(changes, command_meta(ctx, "configure_health_scorecard"))
+        after_write(svc, position)
+        return {"scorecard": config.model_dump(), "status": "updated" if position else "unchanged", "position": position}
+
+    @mcp.tool(annotations=ToolAnnotations(title="Override a health score", read_only_hint=False,
+                                          destructive_hint=False, idempotent_hint=False))  # fmt: skip
+    def override_health_score(
+        ctx: Context,
+        client_id: ClientId,
+        band: Literal["green", "yellow", "red"],
+        reason: Annotated[str, Field(min_length=3, max_length=500)],
+        expires_at: datetime,
+        score: Annotated[float | None, Field(ge=0, le=100)] = None,
+    ) -> dict[str, Any]:
+        """Set a customer's band (and optionally score) by hand until expires_at, with a reason;
+        the author is the calling client. The computed score stays visible beside it, the
+        override is listed in every explanation while active, and ends at its expiry. A new
+        override records the one it replaces. (Beyond the 199OS catalogue: overrides need a tool.)"""
+        svc = services(ctx)
+        meta = command_meta(ctx, "override_health_score")
+        with tool_errors():
+            result = svc.app.override_health(client_id, {"band": band, "score": score, "reason": reason,
+                                                         "expires_at": expires_at}, meta.actor, meta)  # fmt: skip
+        after_write(svc, result.position)
+        return {"client_id": result.external_key, "status": "overridden", "position": result.position,
+                "band": band, "score": score, "expires_at": _now(expires_at).isoformat()}  # fmt: skip
+
+    @mcp.tool(annotations=ToolAnnotations(title="Backtest the health model", read_only_hint=True))
+    def backtest_health_model(
+        ctx: Context,
+        days_before: Annotated[int, Field(ge=1, le=365, description="score this many days before each churn")] = 30,
+        as_of: datetime | None = None,
+    ) -> dict[str, Any]:
+        """How well the health score N days before churn separated churned from retained customers:
+        AUC (probability that a retained customer scored higher than a churned one; 0.5 = no
+        better than chance) and the churn rate per band, replayed from events. Use it to decide
+        whether to trust or retune the scorecard."""
+        svc = services(ctx)
+        with tool_errors():
+            read_ready(svc)
+            return backtest(svc.store, _now(as_of), days_before)

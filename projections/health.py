@@ -1,0 +1,246 @@
+"""The health model (DESIGN §6): six components, each 0-100 from named inputs, a weighted mean
+over the components that have data (a missing component's weight is redistributed, never a
+silent 50), bands, confidence, top drivers, overrides, and a comparison between two instants.
+
+``score_customer`` is a pure function of :class:`Inputs` and the scorecard; ``health_as_of``
+gathers the inputs in bulk and scores. Constants below are the model's documented
+assumptions (docs/health.md); the weights, bands and key features are the scorecard's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+from statistics import fmean
+from typing import Any
+from uuid import UUID
+
+from events.scorecard import COMPONENTS, ScorecardConfig
+from projections.feedback import nps_of
+from projections.health_inputs_query import BookInputs, Inputs, days_between, gather
+from projections.store import ViewStore
+
+TARGET_SEAT_ACTIVATION = 0.6  # active users / seats at which usage level scores 100
+TARGET_ACTIVE_DAYS = 20  # active days in 30 for full usage level when seats are unknown
+OPEN_TICKET_PENALTY = 12
+HIGH_PRIORITY_PENALTY = 25
+ENGAGED_WITHIN_DAYS, DISENGAGED_AFTER_DAYS = 7, 60
+HIGH_PRIORITIES = ("high", "urgent")
+
+
+@dataclass
+class Component:
+    name: str
+    score: float | None
+    weight: float
+    inputs: dict[str, Any]
+    reason: str
+
+    @property
+    def has_data(self) -> bool:
+        return self.score is not None
+
+
+@dataclass
+class Health:
+    customer_id: str
+    as_of: str
+    score: float | None
+    computed_score: float | None
+    band: str
+    confidence: float
+    components: list[Component]
+    drivers: list[str]
+    override: dict[str, Any] | None = None
+    scorecard: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for c in data["components"]:
+            c["has_data"] = c["score"] is not None
+        return data
+
+
+def band_of(score: float | None, bands: dict[str, float]) -> str:
+    if score is None:
+        return "unknown"
+    return "green" if score >= bands["green"] else ("yellow" if score >= bands["yellow"] else "red")
+
+
+def _clamp(value: float) -> float:
+    return round(max(0.0, min(100.0, value)), 1)
+
+
+def usage_component(i: Inputs, weight: float) -> Component:
+    seats = i.contract.get("seats")
+    inputs = {"active_users_30d": i.active_users_30d, "active_users_prev_30d": i.active_users_prev_30d,
+              "active_days_30d": i.active_days_30d, "events_30d": i.events_30d, "seats": seats}  # fmt: skip
+    if i.first_usage_day is None:
+        return Component("usage", None, weight, inputs, "no usage data for this customer (is its mixpanel_account_id set?)")
+    if seats:
+        ratio = i.active_users_30d / seats
+        level = min(ratio / TARGET_SEAT_ACTIVATION, 1.0) * 100
+        reason = f"{i.active_users_30d} of {seats} seats active in the last 30 days ({ratio:.0%})"
+    else:
+        level = min(i.active_days_30d / TARGET_ACTIVE_DAYS, 1.0) * 100
+        reason = f"active on {i.active_days_30d} of the last 30 days (seats unknown)"
+    if i.active_users_prev_30d:
+        change = (i.active_users_30d - i.active_users_prev_30d) / i.active_users_prev_30d
+        inputs["trend_30d"] = round(change, 3)
+        score = 0.7 * level + 0.3 * _clamp(50 + 100 * change)
+        reason += f"; active users {'down' if change < 0 else 'up'} {abs(change):.0%} vs the previous 30 days"
+    else:
+        score = level
+    return Component("usage", _clamp(score), weight, inputs, reason)
+
+
+def adoption_component(i: Inputs, weight: float, key_features: set[str], configured: bool) -> Component:
+    inputs: dict[str, Any] = {"key_features": sorted(key_features), "used_30d": sorted(i.features_30d & key_features),
+                              "key_features_source": "scorecard" if configured else "every feature seen in the book"}  # fmt: skip
+    if i.first_usage_day is None or not key_features:
+        why = "no usage data for this customer" if i.first_usage_day is None else "no features known yet"
+        return Component("adoption", None, weight, inputs, why)
+    used = i.features_30d & key_features
+    missing = sorted(key_features - used)
+    inputs["not_used_30d"] = missing
+    reason = f"{len(used)} of {len(key_features)} key features used in the last 30 days"
+    if missing:
+        reason += f" (not used: {', '.join(missing[:3])}{'…' if len(missing) > 3 else ''})"
+    return Component("adoption", _clamp(100 * len(used) / len(key_features)), weight, inputs, reason)
+
+
+def support_component(i: Inputs, weight: float, connected: bool) -> Component:
+    open_tickets = [t for t in i.tickets if not t["solved"]]
+    high = [t for t in open_tickets if t["priority"] in HIGH_PRIORITIES]
+    csat = round(fmean(i.csat_90d), 3) if i.csat_90d else None
+    inputs = {"open_tickets": len(open_tickets), "open_high_priority": len(high), "tickets_total": len(i.tickets),
+              "csat_90d": csat, "csat_responses_90d": len(i.csat_90d)}  # fmt: skip
+    if not connected:
+        return Component("support", None, weight, inputs, "no support data recorded yet (no Zendesk or Intercom records)")
+    base = 100 - OPEN_TICKET_PENALTY * len(open_tickets) - HIGH_PRIORITY_PENALTY * len(high)
+    score = 0.6 * _clamp(base) + 0.4 * 100 * csat if csat is not None else base
+    reason = f"{len(open_tickets)} open tickets ({len(high)} high priority)"
+    reason += f", CSAT {csat:.0%} over {len(i.csat_90d)} ratings in 90 days" if csat is not None else ", no CSAT in 90 days"
+    return Component("support", _clamp(score), weight, inputs, reason)
+
+
+def sentiment_component(i: Inputs, weight: float, as_of: datetime) -> Component:
+    if not i.surveys:
+        return Component("sentiment", None, weight, {"responses": 0}, "no NPS responses recorded")
+    window_start = (as_of - timedelta(days=180)).isoformat()
+    recent = [s for at, s in i.surveys if at >= window_start]
+    latest_at, latest = i.surveys[-1]
+    nps = nps_of(recent)
+    inputs = {"latest_score": latest, "latest_at": latest_at, "nps_180d": nps, "responses_180d": len(recent)}
+    score = 0.6 * latest * 10 + 0.4 * ((nps + 100) / 2) if nps is not None else latest * 10
+    kind = "promoter" if latest >= 9 else ("passive" if latest >= 7 else "detractor")
+    reason = f"latest NPS answer {latest} ({kind})" + (f", NPS {nps:+.0f} over 180 days" if nps is not None else "")
+    return Component("sentiment", _clamp(score), weight, inputs, reason)
+
+
+def engagement_component(i: Inputs, weight: float, as_of: datetime) -> Component:
+    touches = [i.email_kinds[k][1] for k in ("open", "click") if k in i.email_kinds]
+    sent = sum(n for kind, (n, _) in i.email_kinds.items() if kind in ("delivered", "processed"))
+    inputs: dict[str, Any] = {"last_two_way_touch": max(touches) if touches else None, "emails_sent": sent}
+    if not i.email_kinds:
+        return Component("engagement", None, weight, inputs, "no e-mail or interaction records for this customer")
+    if not touches:
+        return Component("engagement", 0.0, weight, inputs, f"no open, click or reply on record ({sent} e-mails sent)")
+    days = days_between(as_of.date(), max(touches))
+    inputs["days_since_touch"] = days
+    span = DISENGAGED_AFTER_DAYS - ENGAGED_WITHIN_DAYS
+    score = 100 if days <= ENGAGED_WITHIN_DAYS else 100 * max(0, DISENGAGED_AFTER_DAYS - days) / span
+    return Component("engagement", _clamp(score), weight, inputs, f"last two-way touch {days} days ago")
+
+
+def financial_component(i: Inputs, weight: float, as_of: datetime) -> Component:
+    arr, renewal = i.contract.get("arr"), i.contract.get("renewal_date")
+    inputs: dict[str, Any] = {"arr": arr, "renewal_date": renewal, "arr_180d_max": i.arr_180d_max,
+                              "renewal_signal": i.renewal_extended}  # fmt: skip
+    if arr is None and renewal is None:
+        return Component("financial", None, weight, inputs, "no ARR or renewal date recorded")
+    score, reasons = 100.0, []
+    if renewal and not i.renewal_extended:
+        days = (date.fromisoformat(renewal) - as_of.date()).days
+        inputs["days_to_renewal"] = days
+        if days < 0:
+            score, reasons = 20.0, [f"renewal date passed {-days} days ago with no renewal recorded"]
+        elif days <= 30:
+            score, reasons = 50.0, [f"renews in {days} days with no renewal signal"]
+        elif days <= 90:
+            score, reasons = 75.0, [f"renews in {days} days with no renewal signal"]
+    if arr is not None and i.arr_180d_max and arr < i.arr_180d_max:
+        drop = 1 - arr / i.arr_180d_max
+        inputs["contraction_180d"] = round(drop, 3)
+        score -= min(60.0, 100 * drop)
+        reasons.append(f"ARR contracted {drop:.0%} in 180 days")
+    return Component("financial", _clamp(score), weight, inputs, "; ".join(reasons) or "no renewal risk or contraction")
+
+
+def score_customer(i: Inputs, book: BookInputs) -> Health:
+    card = book.scorecard
+    weights = card.full_weights()
+    configured = bool(card.key_features)
+    key_features = set(card.key_features) if configured else book.book_features
+    components = [
+        usage_component(i, weights["usage"]),
+        adoption_component(i, weights["adoption"], key_features, configured),
+        support_component(i, weights["support"], book.support_connected),
+        sentiment_component(i, weights["sentiment"], book.as_of),
+        engagement_component(i, weights["engagement"], book.as_of),
+        financial_component(i, weights["financial"], book.as_of),
+    ]
+    total = sum(weights[c] for c in COMPONENTS)
+    present = [c for c in components if c.has_data and c.weight > 0]
+    present_weight = sum(c.weight for c in present)
+    computed = round(sum(c.score * c.weight for c in present) / present_weight, 1) if present_weight else None  # type: ignore[operator]
+    # Drivers: the components pulling the score down most (weight x distance below 50) first;
+    # when nothing is weak, the strongest reasons instead.
+    ranked = sorted(present, key=lambda c: c.weight * ((c.score or 0) - 50))
+    weak = [c for c in ranked if (c.score or 0) < 70]
+    top = [f"{c.name}: {c.reason}" for c in (weak or ranked[::-1])[:3]]
+    override = None
+    score, band = computed, band_of(computed, card.bands)
+    if i.override is not None:
+        o = i.override
+        override = {"band": o["value"], "score": o["score"], "reason": o["reason"], "author": o["author"],
+                    "set_at": o["at"], "expires_at": o["expires_at"]}  # fmt: skip
+        band = o["value"]
+        score = o["score"] if o["score"] is not None else computed
+        top = [f"override by {o['author']} until {o['expires_at'][:10]}: {o['reason']}", *top][:4]
+    note = None
+    if computed is None:
+        note = "no component has data yet: the score stays null rather than a made-up number"
+    if i.contract.get("churned_on") and i.contract["churned_on"] <= book.as_of.date().isoformat():
+        note = f"churned on {i.contract['churned_on']}"
+    return Health(
+        customer_id=i.customer_id, as_of=book.as_of.isoformat(), score=score, computed_score=computed, band=band,
+        confidence=round(present_weight / total, 3) if total else 0.0, components=components, drivers=top,
+        override=override, scorecard={"weights": weights, "bands": card.bands, "since": book.scorecard_at}, note=note,
+    )  # fmt: skip
+
+
+def health_as_of(store: ViewStore, as_of: datetime, customer_ids: list[UUID] | None = None) -> dict[str, Health]:
+    """Health of the given customers (default: everyone registered before ``as_of``)."""
+    with store.snapshot() as tx:
+        book = gather(tx, as_of, customer_ids)
+    return {cid: score_customer(inputs, book) for cid, inputs in book.customers.items()}
+
+
+def compare(a: Health, b: Health) -> dict[str, Any]:
+    """Why the score changed between two instants, component by component."""
+    rows = []
+    for ca, cb in zip(a.components, b.components, strict=True):
+        delta = None if ca.score is None or cb.score is None else round(cb.score - ca.score, 1)
+        rows.append({"component": ca.name, "from": ca.score, "to": cb.score, "delta": delta,
+                     "reason_from": ca.reason, "reason_to": cb.reason})  # fmt: skip
+    moved = sorted((r for r in rows if r["delta"]), key=lambda r: abs(r["delta"]) * _weight(a, r["component"]), reverse=True)
+    delta = None if a.score is None or b.score is None else round(b.score - a.score, 1)
+    return {"from": a.as_of, "to": b.as_of, "score_from": a.score, "score_to": b.score, "delta": delta,
+            "band_from": a.band, "band_to": b.band, "components": rows,
+            "explanation": [f"{r['component']} {r['delta']:+.1f}: {r['reason_to']}" for r in moved[:3]]}  # fmt: skip
+
+
+def _weight(h: Health, name: str) -> float:
+    return next(c.weight for c in h.components if c.name == name)

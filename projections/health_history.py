@@ -1,0 +1,76 @@
+"""Stored daily health history: the score of every customer at the end of each UTC day,
+computed by the same as-of function as live scores, so recomputing the history from the log
+reproduces every stored row exactly (a test drops and recomputes it)."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+from uuid import UUID
+
+from projections.health import health_as_of
+from projections.health_inputs import CONTRACTS
+from projections.store import ViewStore
+
+HISTORY = "cs_health_history_v1"
+SCHEMA = (
+    f"""CREATE TABLE IF NOT EXISTS {HISTORY} (customer_id TEXT NOT NULL, day TEXT NOT NULL, score DOUBLE PRECISION,
+    computed_score DOUBLE PRECISION, band TEXT NOT NULL, confidence DOUBLE PRECISION NOT NULL, components TEXT NOT NULL,
+    PRIMARY KEY (customer_id, day))"""
+)
+
+
+def end_of(day: date) -> datetime:
+    return datetime.combine(day + timedelta(days=1), time(), timezone.utc)
+
+
+def ensure_table(store: ViewStore) -> None:
+    with store.transaction() as tx:
+        tx.execute(SCHEMA)
+
+
+def update_history(store: ViewStore, until: date, *, start: date | None = None) -> int:
+    """Record each day from the day after the last recorded one (or the first registration)
+    up to ``until`` inclusive; returns the number of rows written."""
+    ensure_table(store)
+    with store.snapshot() as tx:
+        last = tx.fetchone(f"SELECT MAX(day) AS day FROM {HISTORY}")
+        first = tx.fetchone(f"SELECT MIN(at) AS at FROM {CONTRACTS}")
+    if start is None:
+        if last and last["day"]:
+            start = date.fromisoformat(last["day"]) + timedelta(days=1)
+        elif first and first["at"]:
+            start = date.fromisoformat(first["at"][:10])
+        else:
+            return 0
+    written = 0
+    day = start
+    while day <= until:
+        scores = health_as_of(store, end_of(day))
+        rows = [
+            (cid, day.isoformat(), h.score, h.computed_score, h.band, h.confidence,
+             json.dumps([[c.name, c.score] for c in h.components]))
+            for cid, h in scores.items()
+        ]  # fmt: skip
+        with store.transaction() as tx:
+            tx.execute(f"DELETE FROM {HISTORY} WHERE day = ?", (day.isoformat(),))
+            tx.executemany(f"INSERT INTO {HISTORY} (customer_id, day, score, computed_score, band, confidence, components)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)  # fmt: skip
+        written += len(rows)
+        day += timedelta(days=1)
+    return written
+
+
+def rebuild_history(store: ViewStore, until: date) -> int:
+    ensure_table(store)
+    with store.transaction() as tx:
+        tx.execute(f"DELETE FROM {HISTORY}")
+    return update_history(store, until)
+
+
+def history_rows(store: ViewStore, customer_id: UUID | None = None) -> list[dict[str, Any]]:
+    ensure_table(store)
+    where, params = ("WHERE customer_id = ?", [str(customer_id)]) if customer_id else ("", [])
+    with store.snapshot() as tx:
+        return tx.fetchall(f"SELECT * FROM {HISTORY} {where} ORDER BY customer_id, day", params)
