@@ -160,6 +160,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from mcp_server.worker import run_worker
+
+    heartbeat = settings.data_dir / "worker.heartbeat"
+    with open_services(settings) as svc:
+        run_worker(svc, sync_every=args.sync_every or None, heartbeat=heartbeat, max_seconds=args.max_seconds)
+    return 0
+
+
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     with open_services(settings, run_projections=False) as svc:
         names = [args.projection] if args.projection else None
@@ -221,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (non-loopback needs CS_HTTP_TOKEN)")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run projections, the Kafka publisher and scheduled jobs (health history, syncs)")
+    worker.add_argument("--sync-every", type=float, default=900.0, help="seconds between vendor syncs (0: never)")
+    worker.add_argument("--max-seconds", type=float, default=None, help=argparse.SUPPRESS)  # tests: a bounded run
+    worker.set_defaults(func=cmd_worker)
 
     imp = sub.add_parser("import", help="import a file: cs import customers FILE.csv (or - for stdin)")
     imp.add_argument("source", metavar="SOURCE", help=f"one of: {', '.join(IMPORT_SOURCES)}")

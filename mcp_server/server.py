@@ -40,7 +40,17 @@ def build_server(
                 pass  # logged by the runner; every read reports it until it is fixed
             if on_open:
                 on_open(svc)
-            yield svc
+            scheduler = None
+            if background:  # one process is enough: the worker's scheduled jobs run here too
+                from mcp_server.worker import default_scheduler
+
+                scheduler = default_scheduler(svc, sync_every=900.0)
+                scheduler.start()
+            try:
+                yield svc
+            finally:
+                if scheduler is not None:
+                    scheduler.stop()
 
     mcp: MCPServer[Services] = MCPServer(
         name="cs-backend", instructions=INSTRUCTIONS, version="0.1.0", lifespan=lifespan

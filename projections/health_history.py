@@ -14,6 +14,7 @@ from projections.health_inputs import CONTRACTS
 from projections.store import ViewStore
 
 HISTORY = "cs_health_history_v1"
+MAX_BACKFILL_DAYS = 365  # a first run records at most a year back
 SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {HISTORY} (customer_id TEXT NOT NULL, day TEXT NOT NULL, score DOUBLE PRECISION,
     computed_score DOUBLE PRECISION, band TEXT NOT NULL, confidence DOUBLE PRECISION NOT NULL, components TEXT NOT NULL,
@@ -31,8 +32,8 @@ def ensure_table(store: ViewStore) -> None:
 
 
 def update_history(store: ViewStore, until: date, *, start: date | None = None) -> int:
-    """Record each day from the day after the last recorded one (or the first registration)
-    up to ``until`` inclusive; returns the number of rows written."""
+    """Record each day from the day after the last recorded one (or the first registration,
+    at most a year back) up to ``until`` inclusive; returns the number of rows written."""
     ensure_table(store)
     with store.snapshot() as tx:
         last = tx.fetchone(f"SELECT MAX(day) AS day FROM {HISTORY}")
@@ -41,7 +42,7 @@ def update_history(store: ViewStore, until: date, *, start: date | None = None) 
         if last and last["day"]:
             start = date.fromisoformat(last["day"]) + timedelta(days=1)
         elif first and first["at"]:
-            start = date.fromisoformat(first["at"][:10])
+            start = max(date.fromisoformat(first["at"][:10]), until - timedelta(days=MAX_BACKFILL_DAYS))
         else:
             return 0
     written = 0
