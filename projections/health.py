@@ -89,7 +89,8 @@ def usage_component(i: Inputs, weight: float) -> Component:
         change = (i.active_users_30d - i.active_users_prev_30d) / i.active_users_prev_30d
         inputs["trend_30d"] = round(change, 3)
         score = 0.7 * level + 0.3 * _clamp(50 + 100 * change)
-        reason += f"; active users {'down' if change < 0 else 'up'} {abs(change):.0%} vs the previous 30 days"
+        direction = "flat" if abs(change) < 0.05 else f"{'down' if change < 0 else 'up'} {abs(change):.0%}"
+        reason += f"; active users {direction} vs the previous 30 days"
     else:
         score = level
     return Component("usage", _clamp(score), weight, inputs, reason)
