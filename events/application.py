@@ -7,13 +7,14 @@ so a following read can wait for the projections to reach it (read-your-writes).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, StoredEvent
 from pydantic import ValidationError
 
 from events.commands import (
@@ -26,8 +27,11 @@ from events.commands import (
 )
 from events.domain import CONTRACT_FIELDS, Customer, customer_id_for
 from events.errors import CustomerNotFoundError, InvalidInputError
+from events.milestones import MilestoneCommands
 from events.personal import PersonalDataCodec
 from events.scorecard import SCORECARD_ID, Scorecard, ScorecardConfig
+from events.segments import (Segment, SegmentNotFoundError, SegmentResult, segment_description, segment_id,
+                             segment_name, validate_rules)  # fmt: skip
 from events.signals import Connector
 from events.settings import Settings
 
@@ -80,7 +84,7 @@ def _validate(model: type[Any], data: Any) -> Any:
         raise InvalidInputError.from_validation(exc) from None
 
 
-class CustomerSuccess(Application[UUID]):
+class CustomerSuccess(Application[UUID], MilestoneCommands):
     """Commands on customers. Later capabilities add their aggregates here."""
 
     # A connector gains one event per batch for ever: snapshot it so loading stays cheap.
@@ -108,6 +112,41 @@ class CustomerSuccess(Application[UUID]):
     def exists(self, aggregate_id: UUID) -> bool:
         """One indexed row read (``id in repository`` would replay the whole aggregate)."""
         return bool(self.recorder.select_events(aggregate_id, limit=1))
+
+    def load_many(self, aggregate_ids: Iterable[UUID], batch: int = 500) -> dict[UUID, Any]:
+        """The stored aggregates among ``aggregate_ids`` (absent ids are left out), each folded
+        from all of its events: one query per ``batch`` ids where ``exists`` + ``repository.get``
+        take two per id. No snapshots and no cache: for aggregates with a few events (usage days)."""
+        ids = list(dict.fromkeys(aggregate_ids))
+        found: dict[UUID, Any] = {}
+        for start in range(0, len(ids), batch):
+            for stored in self._select_events_of(ids[start : start + batch]):
+                event = self.mapper.to_domain_event(stored)
+                found[stored.originator_id] = event.mutate(found.get(stored.originator_id))
+        return found
+
+    def _select_events_of(self, ids: list[UUID]) -> list[StoredEvent]:
+        """Every stored event of these aggregates, ordered by aggregate and version."""
+        recorder: Any = self.recorder
+        if not ids:
+            return []
+        if self.settings.database_url:
+            from psycopg.sql import SQL, Identifier
+
+            statement = SQL("SELECT * FROM {}.{} WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version")
+            statement = statement.format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+            with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+                curs.execute(statement, (ids,))
+                return [StoredEvent(originator_id=r["originator_id"], originator_version=r["originator_version"],
+                                    topic=r["topic"], state=bytes(r["state"])) for r in curs.fetchall()]  # fmt: skip
+        marks = ",".join("?" * len(ids))
+        statement = (f"SELECT * FROM {recorder.events_table_name} WHERE originator_id IN ({marks}) "
+                     "ORDER BY originator_id, originator_version")  # fmt: skip
+        with recorder.datastore.transaction(commit=False) as curs:
+            curs.execute(statement, [i.hex for i in ids])
+            return [StoredEvent(originator_id=recorder.convert_originator_id(r["originator_id"]),
+                                originator_version=r["originator_version"], topic=r["topic"], state=r["state"])
+                    for r in curs.fetchall()]  # fmt: skip
 
     def get_customer(self, client_id: str) -> Customer:
         customer_id = self.resolve(client_id)
@@ -264,6 +303,62 @@ class CustomerSuccess(Application[UUID]):
         customer.override_stage(stage=cmd.stage, reason=cmd.reason, author=author, expires_at=expires.isoformat(),
                                 replaces=_still_active(customer.stage_override, meta), **_meta_kwargs(meta))  # fmt: skip
         return CommandResult(customer.id, customer.external_key, "updated", self.save(customer)[-1].notification.id)
+
+    # --------------------------------------------------------------- segments
+    def segment(self, name: str) -> Segment | None:
+        """The segment defined under that name (any case or spacing), None if never or deleted."""
+        sid = segment_id(segment_name(name))
+        if not self.exists(sid):
+            return None
+        seg: Segment = self.repository.get(sid)
+        return None if seg.deleted else seg
+
+    def define_segment(self, name: str, rules: Any, description: str | None, meta: CommandMeta) -> SegmentResult:
+        """Record a new segment; a name already defined is refused (change it with update_segment)."""
+        shown, checked, text = segment_name(name), validate_rules(rules), segment_description(description)
+        sid, kw = segment_id(shown), _meta_kwargs(meta)
+        seg: Segment | None = self.repository.get(sid) if self.exists(sid) else None
+        if seg is not None and not seg.deleted:
+            raise InvalidInputError("name", f"a segment named {seg.name!r} already exists; change its rules or "
+                                    "description with update (segment_customers action 'update') or delete it first")  # fmt: skip
+        if seg is None:
+            seg = Segment(name=shown, description=text, rules=checked, **kw)
+        else:
+            seg.redefine(name=shown, description=text, rules=checked, **kw)
+        try:
+            position = self.save(seg)[-1].notification.id
+        except IntegrityError:  # a concurrent definition of the same name won the race
+            raise InvalidInputError("name", f"a segment named {shown!r} was just defined; use update") from None
+        return SegmentResult(shown, text, checked, "defined", position)
+
+    def update_segment(self, name: str, changes: dict[str, Any], meta: CommandMeta) -> SegmentResult:
+        """Change a segment's rules and/or description (keys present in ``changes``); the event
+        keeps the old and the new definition."""
+        unknown = sorted(set(changes) - {"rules", "description"})
+        if unknown or not changes:
+            raise InvalidInputError(f"changes.{unknown[0]}" if unknown else "changes",
+                                    "give rules and/or description to change")  # fmt: skip
+        rules = validate_rules(changes["rules"]) if "rules" in changes else None
+        text = segment_description(changes["description"]) if "description" in changes else None
+        seg = self.segment(name)
+        if seg is None:
+            raise SegmentNotFoundError(name)
+        new_rules = rules if rules is not None else seg.rules
+        new_text = text if "description" in changes else seg.description
+        changed = [k for k, old, new in (("rules", seg.rules, new_rules), ("description", seg.description, new_text))
+                   if old != new]  # fmt: skip
+        if not changed:
+            return SegmentResult(seg.name, seg.description, seg.rules, "unchanged", None)
+        seg.update(description=new_text, rules=new_rules, old_description=seg.description, old_rules=seg.rules,
+                   **_meta_kwargs(meta))  # fmt: skip
+        return SegmentResult(seg.name, new_text, new_rules, "updated", self.save(seg)[-1].notification.id, changed)
+
+    def delete_segment(self, name: str, meta: CommandMeta) -> SegmentResult:
+        seg = self.segment(name)
+        if seg is None:
+            raise SegmentNotFoundError(name)
+        seg.delete(rules=seg.rules, **_meta_kwargs(meta))
+        return SegmentResult(seg.name, seg.description, seg.rules, "deleted", self.save(seg)[-1].notification.id)
 
     # ---------------------------------------------------------------- helpers
     @staticmethod

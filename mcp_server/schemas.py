@@ -71,6 +71,8 @@ class ClientOverview(BaseModel):
     contract: Contract
     contacts: list[Contact]
     health: HealthSummary
+    stage: str | None = Field(None, description="lifecycle stage as of as_of (manage_lifecycle_stages explains it)")
+    segments: list[str] = Field(default_factory=list, description="names of the segments the customer belongs to now")
     registered_at: datetime
     last_activity_at: datetime = Field(description="when the latest recorded event occurred")
     recent_activity: list[TimelineEntry]

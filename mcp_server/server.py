@@ -14,6 +14,10 @@ from mcp_server.tools import connectors as connector_tools
 from mcp_server.tools import core
 from mcp_server.tools import health as health_tools
 from mcp_server.tools import governance as governance_tools
+from mcp_server.tools import segments as segment_tools
+from mcp_server.tools import lifecycle as lifecycle_tools
+from mcp_server.tools import milestones as milestone_tools
+from mcp_server.tools import usage as usage_tools
 from projections.runner import ProjectionStoppedError
 
 INSTRUCTIONS = (
@@ -59,4 +63,8 @@ def build_server(
     connector_tools.register(mcp)
     health_tools.register(mcp)
     governance_tools.register(mcp)
+    segment_tools.register(mcp)
+    lifecycle_tools.register(mcp)
+    milestone_tools.register(mcp)
+    usage_tools.register(mcp)
     return mcp

@@ -5,8 +5,10 @@ from __future__ import annotations
 from projections.audit import AuditChainProjection
 from projections.base import Projection
 from projections.health_inputs import HealthInputsProjection
+from projections.milestones import MilestonesProjection
 from projections.feedback import EmailProjection, FeedbackProjection
 from projections.profile import CustomerProfileProjection
+from projections.segments import SegmentsProjection
 from projections.support import SupportProjection
 from projections.sync_status import SyncStatusProjection
 from projections.timeline import TimelineProjection
@@ -23,5 +25,7 @@ def default_projections() -> list[Projection]:
         EmailProjection(),
         SyncStatusProjection(),
         HealthInputsProjection(),
+        SegmentsProjection(),
+        MilestonesProjection(),
         AuditChainProjection(),
     ]

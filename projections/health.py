@@ -9,7 +9,7 @@ assumptions (docs/health.md); the weights, bands and key features are the scorec
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta
 from statistics import fmean
 from typing import Any
@@ -56,9 +56,10 @@ class Health:
     note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        for c in data["components"]:
-            c["has_data"] = c["score"] is not None
+        """Plain data (what ``dataclasses.asdict`` gives, without deep-copying every input)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["components"] = [{**{f.name: getattr(c, f.name) for f in fields(c)}, "has_data": c.score is not None}
+                              for c in self.components]  # fmt: skip
         return data
 
 
@@ -117,8 +118,12 @@ def support_component(i: Inputs, weight: float, connected: bool) -> Component:
     csat = round(fmean(i.csat_90d), 3) if i.csat_90d else None
     inputs = {"open_tickets": len(open_tickets), "open_high_priority": len(high), "tickets_total": len(i.tickets),
               "csat_90d": csat, "csat_responses_90d": len(i.csat_90d)}  # fmt: skip
-    if not connected:
-        return Component("support", None, weight, inputs, "no support data recorded yet (no Zendesk or Intercom records)")
+    if not i.tickets:
+        # No ticket of this customer: "0 open tickets" would be a default, not a reading (it
+        # would score a customer nobody knows anything about 100).
+        why = ("no tickets on record for this customer (none matched from Zendesk or Intercom)" if connected
+               else "no support data recorded yet (no Zendesk or Intercom records)")  # fmt: skip
+        return Component("support", None, weight, inputs, why)
     base = 100 - OPEN_TICKET_PENALTY * len(open_tickets) - HIGH_PRIORITY_PENALTY * len(high)
     score = 0.6 * _clamp(base) + 0.4 * 100 * csat if csat is not None else base
     reason = f"{len(open_tickets)} open tickets ({len(high)} high priority)"

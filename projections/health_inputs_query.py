@@ -67,8 +67,13 @@ def scorecard_as_of(tx: Tx, as_of: datetime) -> tuple[ScorecardConfig, str | Non
     return ScorecardConfig.model_validate(json.loads(row["config"])), row["at"]
 
 
-def gather(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None) -> BookInputs:
-    """The inputs of the given customers (all registered before ``as_of`` by default)."""
+def gather(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None, *,
+           feature_first_days: dict[str, str] | None = None) -> BookInputs:  # fmt: skip
+    """The inputs of the given customers (all registered before ``as_of`` by default).
+
+    ``feature_first_days`` (feature -> first day it was used in the book, from
+    :func:`book_feature_first_days`) saves the book-wide feature scan when one caller gathers
+    many instants (a stage history samples every day)."""
     t = utc_iso(as_of)
     day = as_of.date()
     ids = [str(c) for c in customer_ids] if customer_ids is not None else None
@@ -76,11 +81,14 @@ def gather(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None) -> B
     scorecard, scorecard_at = scorecard_as_of(tx, as_of)
 
     customers: dict[str, Inputs] = {}
-    history: dict[str, list[dict[str, Any]]] = {}
-    for row in tx.fetchall(f"SELECT * FROM {CONTRACTS} WHERE at < ?{where} ORDER BY customer_id, position", [t, *params]):
-        history.setdefault(row["customer_id"], []).append(row)
+    logged: dict[str, list[dict[str, Any]]] = {}
+    for row in tx.fetchall(f"SELECT * FROM {CONTRACTS} WHERE 1 = 1{where} ORDER BY customer_id, position", params):
+        logged.setdefault(row["customer_id"], []).append(row)
     window_start = utc_iso(as_of - timedelta(days=180))
-    for cid, rows in history.items():
+    for cid, log_rows in logged.items():
+        if log_rows[0]["at"] >= t:
+            continue  # registered at or after as_of
+        rows = [r for r in contract_timeline(log_rows) if r["at"] < t]
         inputs = Inputs(cid, rows[-1])
         recent = [r["arr"] for r in rows if r["at"] >= window_start and r["arr"] is not None]
         before = [r for r in rows if r["at"] < window_start]
@@ -113,7 +121,10 @@ def gather(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None) -> B
     for row in tx.fetchall(f"SELECT DISTINCT customer_id, feature FROM {FEATURES} WHERE day >= ? AND day < ?{where}",
                            [d30, stop, *params]):  # fmt: skip
         customers[row["customer_id"]].features_30d.add(row["feature"])
-    book_features = {r["feature"] for r in tx.fetchall(f"SELECT DISTINCT feature FROM {FEATURES} WHERE day < ?", [stop])}
+    if feature_first_days is None:
+        book_features = features_used_before(tx, stop)
+    else:
+        book_features = {feature for feature, first in feature_first_days.items() if first < stop}
 
     support_connected = tx.fetchone(f"SELECT 1 AS x FROM {TICKET_STATES} WHERE at < ? LIMIT 1", [t]) is not None
     csat_from = utc_iso(as_of - timedelta(days=90))
@@ -136,6 +147,46 @@ def gather(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None) -> B
                            [t, *params]):  # fmt: skip
         customers[row["customer_id"]].override = row if row["expires_at"] > t else None
     return BookInputs(as_of, scorecard, scorecard_at, book_features - SESSION_LIKE, support_connected, customers)
+
+
+STATE_COLUMNS = ("registered_at", "arr", "seats", "contract_start", "renewal_date", "churned_on", "tier")
+
+
+def contract_timeline(log_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One customer's contract states in the order their events *occurred*.
+
+    Each stored row is the state after its event in log order, so an event recorded after
+    others but dated before them (a churn imported with its date, after a contract change)
+    would carry the later change into the past. Its own change is what differs from the row
+    before it in the log; those changes are re-applied here ordered by (occurred_at, position),
+    so the state as of T depends only on the events that occurred before T."""
+    changes, previous = [], None
+    for row in log_rows:
+        changes.append((row["at"], row["position"], {k: row[k] for k in STATE_COLUMNS
+                                                      if previous is None or row[k] != previous[k]}))  # fmt: skip
+        previous = row
+    state: dict[str, Any] = {"customer_id": log_rows[0]["customer_id"], **dict.fromkeys(STATE_COLUMNS)}
+    timeline = []
+    for at, position, change in sorted(changes, key=lambda c: (c[0], c[1])):
+        state = {**state, **change, "at": at, "position": position}
+        timeline.append(state)
+    return timeline
+
+
+def features_used_before(tx: Tx, stop: str) -> set[str]:
+    """Every feature the book used on a day before ``stop``, by a loose index scan over
+    (feature, day): two index seeks per distinct feature instead of reading every row."""
+    rows = tx.fetchall(
+        f"WITH RECURSIVE f(feature) AS (SELECT MIN(feature) FROM {FEATURES} UNION ALL "
+        f"SELECT (SELECT MIN(n.feature) FROM {FEATURES} n WHERE n.feature > f.feature) FROM f WHERE f.feature IS NOT NULL) "
+        f"SELECT feature FROM f WHERE feature IS NOT NULL "
+        f"AND (SELECT MIN(d.day) FROM {FEATURES} d WHERE d.feature = f.feature) < ?", [stop])  # fmt: skip
+    return {r["feature"] for r in rows}
+
+
+def book_feature_first_days(tx: Tx) -> dict[str, str]:
+    """Every feature seen in the book with the first day it was used (for ``gather``)."""
+    return {r["feature"]: r["first"] for r in tx.fetchall(f"SELECT feature, MIN(day) AS first FROM {FEATURES} GROUP BY feature")}
 
 
 def days_between(later: date, earlier_iso: str) -> int:

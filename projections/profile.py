@@ -43,6 +43,8 @@ class CustomerProfileProjection(Projection):
         ]
 
     def handle(self, tx: Tx, event: Any, position: int) -> None:
+        if not isinstance(event, Customer.Event):
+            return  # before any work: most of the log is usage and other signals
         cid = str(event.originator_id)
         at = utc_iso(event.occurred_at)
         if isinstance(event, Customer.Registered):
@@ -125,6 +127,7 @@ class CustomerProfileView:
         min_arr: float | None = None,
         max_arr: float | None = None,
         renewal_within_days: int | None = None,
+        customer_ids: list[str] | None = None,
         today: date | None = None,
         sort: str = "name",
         limit: int = 50,
@@ -146,6 +149,11 @@ class CustomerProfileView:
             start = today or date.today()
             where.append("renewal_date >= ? AND renewal_date <= ?")
             params += [start.isoformat(), (start + timedelta(days=renewal_within_days)).isoformat()]
+        if customer_ids is not None:  # an allow-list computed by the caller (e.g. segment members)
+            if not customer_ids:
+                return [], None
+            where.append(f"customer_id IN ({', '.join('?' * len(customer_ids))})")
+            params += list(customer_ids)
         after = decode_cursor(cursor, 2)
         if after is not None:
             op = "<" if desc else ">"

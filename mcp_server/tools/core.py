@@ -26,6 +26,8 @@ from mcp_server.schemas import (
 from mcp_server.services import Services
 from mcp_server.tools.common import after_write, command_meta, read_ready, services, tool_errors
 from mcp_server.tools.signals import signals_as_of
+from projections.segment_members import allowed_customer_ids, segments_of
+from projections.lifecycle_query import stage_name
 
 ClientId = Annotated[
     str,
@@ -88,6 +90,8 @@ def overview(svc: Services, client_id: str, now: datetime | None = None) -> Clie
         health=HealthSummary(
             score=None, band="unknown", confidence=0.0, components=[], drivers=[], as_of=as_of, note=NO_HEALTH_NOTE
         ),
+        stage=stage_name(svc.store, customer_id, as_of),
+        segments=segments_of(svc.store, customer_id, as_of),
         registered_at=row["registered_at"],
         last_activity_at=row["updated_at"],
         recent_activity=[_entry(r) for r in recent],
@@ -198,19 +202,28 @@ def register(mcp: MCPServer) -> None:
         min_arr: Annotated[float | None, Field(ge=0)] = None,
         max_arr: Annotated[float | None, Field(ge=0)] = None,
         renewal_within_days: Annotated[int | None, Field(ge=0, le=3650)] = None,
+        segment: Annotated[str | None, Field(max_length=80, description="only members of this segment (segment_customers)")] = None,
+        band: Literal["green", "yellow", "red", "unknown"] | None = None,
+        min_health: Annotated[float | None, Field(ge=0, le=100, description="health score now >= this (unscored excluded)")] = None,
+        max_health: Annotated[float | None, Field(ge=0, le=100, description="health score now <= this (unscored excluded)")] = None,
         sort: Literal["name", "arr", "renewal_date"] = "name",
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> ClientList:
-        """List customers filtered by tier, owner, industry, status, ARR range or renewal
-        window (days from today), sorted by name, ARR (largest first) or renewal date
-        (soonest first). Paginated: pass next_cursor back as cursor."""
+        """List customers filtered by tier, owner, industry, status, ARR range, renewal
+        window (days from today), segment membership, health band or health score range,
+        sorted by name, ARR (largest first) or renewal date (soonest first). Paginated: pass
+        next_cursor back as cursor."""
         svc = services(ctx)
         with tool_errors():
             read_ready(svc)
+            # Segment and health filters: the allowed ids now (one pass over the book), then the
+            # same keyset-paginated query as the other filters.
+            allowed = allowed_customer_ids(svc.store, datetime.now(timezone.utc), segment=segment, band=band,
+                                           min_health=min_health, max_health=max_health)  # fmt: skip
             rows, next_cursor = svc.profiles.list(
                 tier=tier, owner=owner, industry=industry, status=status, min_arr=min_arr, max_arr=max_arr,
-                renewal_within_days=renewal_within_days, sort=sort, limit=limit, cursor=cursor,
+                renewal_within_days=renewal_within_days, customer_ids=allowed, sort=sort, limit=limit, cursor=cursor,
             )  # fmt: skip
         return ClientList(items=[_summary(r) for r in rows], next_cursor=next_cursor)
 
