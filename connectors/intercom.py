@@ -93,7 +93,7 @@ def verify_webhook(secret: str, headers: dict[str, str], body: bytes) -> bool:
     if not secret or not signature.startswith("sha1="):
         return False
     expected = "sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
-    return hmac.compare_digest(expected, signature)
+    return hmac.compare_digest(expected.encode(), signature.encode())  # bytes: a non-ASCII header is a mismatch, not a crash
 
 
 async def fetch_pages(client: Any, since: int) -> AsyncIterator[dict[str, Any]]:

@@ -39,7 +39,7 @@ def translate(row: dict[str, str]) -> SurveyAnswer:
     if not response_id:
         raise InvalidInputError("response_id", "required")
     raw = (row.get("score") or "").strip()
-    if not raw.isdigit() or not 0 <= int(raw) <= 10:
+    if not (raw.isascii() and raw.isdigit()) or not 0 <= int(raw) <= 10:  # "²".isdigit(), yet int("²") fails
         raise InvalidInputError("score", f"{raw[:10]!r} is not an integer from 0 to 10")
     return SurveyAnswer(
         response_id=response_id,

@@ -60,7 +60,7 @@ def match_recipient(directory: CustomerDirectory, activity: EmailActivity) -> Ma
 
 def verify_webhook(public_key_b64: str, headers: dict[str, str], body: bytes, *, now: float | None = None) -> bool:
     signature, stamp = headers.get(SIGNATURE_HEADER), headers.get(TIMESTAMP_HEADER)
-    if not public_key_b64 or not signature or not stamp or not stamp.isdigit():
+    if not public_key_b64 or not signature or not stamp or not (stamp.isascii() and stamp.isdigit()):
         return False
     if abs((now if now is not None else time.time()) - int(stamp)) > REPLAY_WINDOW_S:
         return False

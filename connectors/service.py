@@ -148,6 +148,8 @@ class Ingestion:
                     batch.survey(answer, nps.match_answer(self.directory, answer))
             except InvalidInputError as exc:
                 batch.reject(where, exc.field, str(exc).split(": ", 1)[-1])
+            except (TypeError, AttributeError, KeyError) as exc:  # a field of an unexpected JSON type
+                batch.reject(where, "record", f"unexpected shape ({type(exc).__name__}); see the vendor's documented format")
 
     def _mixpanel_lines(self, lines: Iterable[tuple[int, str | bytes]], channel: str, name: str,
                         final_cursor: str | None = None) -> Iterator[BatchReport]:  # fmt: skip
@@ -181,7 +183,8 @@ class Ingestion:
             current = following
 
     # ------------------------------------------------------------------- syncs
-    async def sync(self, vendor: str, client: Any, *, today: date | None = None, lookback_days: int = 90) -> BatchReport:
+    async def sync(self, vendor: str, client: Any, *, today: date | None = None, lookback_days: int = 90,
+                   window_days: int = 7) -> BatchReport:  # fmt: skip
         """Pull from ``cursor`` to now, one atomic commit (events + new cursor) per page."""
         total = BatchReport()
         now = datetime.now(timezone.utc)
@@ -213,26 +216,32 @@ class Ingestion:
             if not project:
                 raise InvalidInputError("CS_MIXPANEL_PROJECT_ID", "required for `cs sync mixpanel`")
             today = today or now.date()
+            yesterday = (today - timedelta(days=1)).isoformat()
             last = self.cursor(vendor)
-            day = date.fromisoformat(last) + timedelta(days=1) if last else today - timedelta(days=lookback_days)
+            # Start at the last complete day itself: events that reached Mixpanel late for it are
+            # read once more (duplicates count once). One request per window of days keeps a
+            # first sync far inside the export's 60 queries/hour.
+            day = date.fromisoformat(last) if last else today - timedelta(days=lookback_days)
             while day <= today:
-                lines = await self._export_day(client, project, day)
-                complete = day.isoformat() if day < today else last  # today is re-read next time
-                for report in self._mixpanel_lines(lines, "sync", f"export {day}", complete):
+                end = min(day + timedelta(days=window_days - 1), today)
+                lines = await self._export_range(client, project, day, end)
+                complete = min(end.isoformat(), yesterday)
+                complete = complete if complete >= (last or "") else last  # today is re-read next time
+                for report in self._mixpanel_lines(lines, "sync", f"export {day}..{end}", complete):
                     total.merge(report)
-                if not lines and day < today:
-                    total.merge(self._commit(vendor, "sync", f"export {day}", lambda b: None, day.isoformat()))
+                if not lines and complete and complete != last:
+                    total.merge(self._commit(vendor, "sync", f"export {day}..{end}", lambda b: None, complete))
                 last = complete
-                day += timedelta(days=1)
+                day = end + timedelta(days=1)
         else:
             raise InvalidInputError("SOURCE", f"no pull sync for {vendor!r}; available: {', '.join(SYNC_SOURCES)}")
         return total
 
-    async def _export_day(self, client: Any, project: str, day: date) -> list[tuple[int, bytes]]:
-        """One day of the raw export, read whole before anything is recorded. A line that is not
-        JSON means a truncated transfer: the day is fetched again (bounded)."""
+    async def _export_range(self, client: Any, project: str, first: date, last: date) -> list[tuple[int, bytes]]:
+        """Days of the raw export, read whole before anything is recorded. A line that is not
+        JSON means a truncated transfer: the range is fetched again (bounded)."""
         for attempt in range(1, MALFORMED_ATTEMPTS + 1):
-            lines = [(n, line) async for n, line in _numbered(mixpanel.fetch_lines(client, project, day, day))]
+            lines = [(n, line) async for n, line in _numbered(mixpanel.fetch_lines(client, project, first, last))]
             truncated = False
             for _, line in lines:
                 try:
@@ -242,7 +251,7 @@ class Ingestion:
                     break
             if not truncated or attempt == MALFORMED_ATTEMPTS:
                 return lines  # on the last attempt the bad lines are reported as rejected
-            log.warning("mixpanel.export_malformed", day=day.isoformat(), attempt=attempt)
+            log.warning("mixpanel.export_malformed", first=first.isoformat(), last=last.isoformat(), attempt=attempt)
         raise AssertionError("unreachable")
 
     # ----------------------------------------------------------------- webhooks
@@ -268,22 +277,25 @@ class Ingestion:
             fill = self._webhook_fill(vendor, payload)
         except InvalidInputError as exc:
             return WebhookOutcome(400, str(exc))
+        except (TypeError, AttributeError, KeyError) as exc:
+            return WebhookOutcome(400, f"unexpected payload shape ({type(exc).__name__})")
         if fill is None:
             return WebhookOutcome(200, "ignored: no ticket or e-mail event in this delivery")
         report = self._commit(vendor, "webhook", lowered.get("x-zendesk-webhook-id", "delivery"), fill, record_batch=False)
-        if report.rejected:
+        if report.rejected and not report.received - len(report.rejected):
             return WebhookOutcome(400, "; ".join(f"{r['field']}: {r['reason']}" for r in report.rejected), report)
-        return WebhookOutcome(200, "duplicate" if report.recorded == 0 else "recorded", report)
+        status = "duplicate" if report.recorded == 0 else "recorded"
+        if report.rejected:
+            status += f"; rejected {len(report.rejected)}: " + "; ".join(
+                f"{r['where']} {r['field']}: {r['reason']}" for r in report.rejected[:5])  # fmt: skip
+        return WebhookOutcome(200, status, report)
 
     def _webhook_fill(self, vendor: str, payload: Any) -> Callable[[SignalBatch], None] | None:
         if vendor == "sendgrid":
-            activities = [sendgrid.translate(e) for e in sendgrid.file_events(payload)]
-
-            def fill_emails(batch: SignalBatch) -> None:
-                for activity in activities:
-                    batch.email(activity, sendgrid.match_recipient(self.directory, activity))
-
-            return fill_emails
+            # A bad event is rejected alone: failing the delivery would make SendGrid retry it and
+            # finally drop the good events of the same batch.
+            records = [(f"event {i + 1}", e) for i, e in enumerate(sendgrid.file_events(payload))]
+            return lambda batch: self._fill(vendor, batch, records)
         translate = zendesk.translate_webhook if vendor == "zendesk" else intercom.translate_webhook
         matcher = zendesk.match_ticket if vendor == "zendesk" else intercom.match_conversation
         snap = translate(payload)

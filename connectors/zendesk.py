@@ -124,7 +124,7 @@ def verify_webhook(secret: str, headers: dict[str, str], body: bytes, *, now: da
     if abs((now or datetime.now(timezone.utc)) - sent) > tolerance:
         return False
     expected = base64.b64encode(hmac.new(secret.encode(), stamp.encode() + body, hashlib.sha256).digest()).decode()
-    return hmac.compare_digest(expected, signature)
+    return hmac.compare_digest(expected.encode(), signature.encode())  # bytes: a non-ASCII header is a mismatch, not a crash
 
 
 async def fetch_pages(client: Any, cursor: str | None, start_time: int) -> AsyncIterator[dict[str, Any]]:

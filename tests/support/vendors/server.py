@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 import uvicorn
 from starlette.applications import Starlette
@@ -45,8 +45,11 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 @contextmanager
-def serve_asgi(app: ASGIApp, *, name: str = "asgi-fake") -> Iterator[str]:
+def serve_asgi(app: ASGIApp, *, name: str = "asgi-fake", lifespan: Literal["on", "off"] = "off") -> Iterator[str]:
     """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a daemon thread; yield its base URL.
+
+    ``lifespan="on"`` runs the app's own lifespan (startup before the server listens, shutdown on
+    exit), for apps that open their resources there (e.g. ``mcp_server.http.build_http_app``).
 
     The socket is bound before the server starts (no port race). Entry returns once uvicorn
     reports that it listens (at most ``STARTUP_TIMEOUT``); exit asks it to stop and joins the
@@ -57,7 +60,7 @@ def serve_asgi(app: ASGIApp, *, name: str = "asgi-fake") -> Iterator[str]:
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app,
-        lifespan="off",
+        lifespan=lifespan,
         log_config=None,
         log_level="warning",
         access_log=False,

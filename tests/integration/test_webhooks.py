@@ -1,0 +1,236 @@
+"""Vendor webhooks over real HTTP: `build_http_app` served by uvicorn on 127.0.0.1 (its lifespan
+opens the services and runs the projections), deliveries signed the way Zendesk, Intercom and
+SendGrid sign them, on both backends. Also /healthz, /metrics, and the bearer token on /mcp
+(the refusal of a public bind without a token is in tests/e2e/test_cli_connectors.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import httpx
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from events.settings import Settings
+from mcp_server.http import build_http_app
+from mcp_server.services import Services, open_services
+from tests.support.connectors import ACME, GLOBEX, register_customers
+from tests.support.vendors import (
+    SendGridSigner,
+    intercom_conversation,
+    intercom_notification,
+    intercom_signature,
+    sendgrid_event,
+    serve_asgi,
+    zendesk_ticket,
+    zendesk_ticket_event,
+    zendesk_time,
+    zendesk_webhook_headers,
+)
+
+ZENDESK_SECRET = "zendesk-webhook-signing-secret"
+INTERCOM_SECRET = "intercom-client-secret"
+SIGNER = SendGridSigner()
+STALE = timedelta(minutes=10)  # the receivers accept 5 minutes of clock skew
+
+
+def webhook_settings(settings: Settings) -> Settings:
+    return replace(settings, vendor={
+        "CS_ZENDESK_WEBHOOK_SECRET": ZENDESK_SECRET,
+        "CS_INTERCOM_CLIENT_SECRET": INTERCOM_SECRET,
+        "CS_SENDGRID_WEBHOOK_PUBLIC_KEY": SIGNER.public_key_b64,
+    })  # fmt: skip
+
+
+# ---------------------------------------------------------------------- deliveries per vendor
+Signer = Callable[[bytes, datetime], dict[str, str]]
+
+
+@dataclass
+class Case:
+    vendor: str
+    valid: Callable[[datetime], Any]  # a delivery about a known customer
+    unmatched: Callable[[datetime], Any]  # a delivery about nobody we know
+    sign: Signer
+    forge: Signer  # a signature made with the wrong secret / key
+    stale: bool  # the scheme signs a timestamp
+    table: str
+    key: str  # the view column holding the vendor's id
+    expected: dict[str, str | None]  # vendor id -> customer id, after the valid + unmatched deliveries
+
+    def __str__(self) -> str:
+        return self.vendor
+
+
+def _zendesk(secret: str) -> Signer:
+    return lambda body, at: zendesk_webhook_headers(secret, body, timestamp_iso=zendesk_time(at))
+
+
+def _intercom(secret: str) -> Signer:
+    return lambda body, at: {"Content-Type": "application/json", "X-Hub-Signature": intercom_signature(secret, body)}
+
+
+def _sendgrid(signer: SendGridSigner) -> Signer:
+    return lambda body, at: signer.headers(body, timestamp=str(int(at.timestamp())))
+
+
+CASES = [
+    Case("zendesk",
+         valid=lambda at: zendesk_ticket_event(zendesk_ticket(501, 509974, updated_at=at, status="solved")),
+         unmatched=lambda at: zendesk_ticket_event(zendesk_ticket(502, 999999, updated_at=at)),
+         sign=_zendesk(ZENDESK_SECRET), forge=_zendesk("not-the-secret"), stale=True,
+         table="cs_tickets_v1", key="vendor_id", expected={"501": ACME, "502": None}),
+    Case("intercom",
+         valid=lambda at: intercom_notification("conversation.admin.closed", intercom_conversation(
+             "7001", "ann@globex.example", state="closed", created_at=at - timedelta(hours=1), updated_at=at, rating=5)),
+         unmatched=lambda at: intercom_notification("conversation.user.created", intercom_conversation(
+             "7002", "who@nowhere.example", created_at=at, updated_at=at)),
+         sign=_intercom(INTERCOM_SECRET), forge=_intercom("not-the-secret"), stale=False,
+         table="cs_tickets_v1", key="vendor_id", expected={"7001": GLOBEX, "7002": None}),
+    Case("sendgrid",
+         valid=lambda at: [sendgrid_event("delivered", "ann@acme.example", "msg-1", timestamp=at),
+                           sendgrid_event("open", "ann@acme.example", "msg-1", timestamp=at + timedelta(seconds=5))],
+         unmatched=lambda at: [sendgrid_event("bounce", "who@nowhere.example", "msg-2", timestamp=at)],
+         sign=_sendgrid(SIGNER), forge=_sendgrid(SendGridSigner()), stale=True,
+         table="cs_email_events_v1", key="kind", expected={"delivered": ACME, "open": ACME, "bounce": None}),
+]  # fmt: skip
+
+
+@contextmanager
+def running_server(settings: Settings) -> Iterator[tuple[httpx.Client, Services]]:
+    """The HTTP app on a free loopback port (it owns the projections, as `cs serve --http` does),
+    an HTTP client for it (its base URL is the server's), and a reader of the same store that
+    runs no projection."""
+    with open_services(settings) as svc:
+        register_customers(svc)
+    with (
+        serve_asgi(build_http_app(settings), name="cs-http", lifespan="on") as url,
+        httpx.Client(base_url=url, trust_env=False, timeout=10.0) as http,
+        open_services(settings, run_projections=False) as reader,
+    ):
+        yield http, reader
+
+
+def post(http: httpx.Client, vendor: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return http.post(f"/webhooks/{vendor}", content=body, headers=headers)
+
+
+def encode(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_webhook_deliveries_are_verified_and_recorded_once(settings: Settings, case: Case) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    with running_server(webhook_settings(settings)) as (http, reader):
+        position = reader.app.last_position()
+        body = encode(case.valid(now))
+
+        first = post(http, case.vendor, body, case.sign(body, now))
+        assert first.status_code == 200, first.text
+        assert first.json()["status"] == "recorded" and first.json()["recorded"] >= 1
+        assert reader.app.last_position() > position
+        position = reader.app.last_position()
+
+        again = post(http, case.vendor, body, case.sign(body, datetime.now(UTC)))  # the vendor retries
+        assert again.status_code == 200, again.text
+        assert again.json()["status"] == "duplicate" and again.json()["recorded"] == 0
+        assert reader.app.last_position() == position
+
+        forged = post(http, case.vendor, body, case.forge(body, now))
+        assert forged.status_code == 401
+        tampered = post(http, case.vendor, body + b" ", case.sign(body, now))  # signed, then altered
+        assert tampered.status_code == 401
+        unsigned = post(http, case.vendor, body, {"Content-Type": "application/json"})
+        assert unsigned.status_code == 401
+        if case.stale:
+            old = now - STALE
+            stale = post(http, case.vendor, body, case.sign(body, old))
+            assert stale.status_code == 401, "a validly signed but stale delivery must be refused (replay)"
+        broken = body[: len(body) // 2]
+        malformed = post(http, case.vendor, broken, case.sign(broken, now))
+        assert malformed.status_code == 400
+        assert reader.app.last_position() == position  # none of those recorded anything
+
+        # A delivery about nobody we know, delivered four times at once: recorded once, kept, counted.
+        other = encode(case.unmatched(now))
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: post(http, case.vendor, other, case.sign(other, now)), range(4)))
+        assert [a.status_code for a in answers] == [200] * 4
+        assert sorted(a.json()["status"] for a in answers) == ["duplicate"] * 3 + ["recorded"]
+        (kept,) = [a for a in answers if a.json()["status"] == "recorded"]
+        assert kept.json()["unmatched"] == kept.json()["recorded"] >= 1  # kept, counted, not an error
+
+        reader.engine.ensure_current()  # the server's projection thread folds the deliveries
+        with reader.store.snapshot() as tx:
+            found = tx.fetchall(f"SELECT {case.key} AS k, customer_id FROM {case.table}")
+        assert len(found) == len(case.expected)  # one row per vendor record, however often delivered
+        assert {r["k"]: r["customer_id"] for r in found} == case.expected
+
+        health = http.get("/healthz")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        metrics = http.get("/metrics")
+        assert metrics.status_code == 200
+        counted = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                   for line in metrics.text.splitlines() if line.startswith("cs_webhook_deliveries_total{")}  # fmt: skip
+        expected_401 = 4 if case.stale else 3
+        assert counted == {
+            f'cs_webhook_deliveries_total{{outcome="200",vendor="{case.vendor}"}}': 6.0,
+            f'cs_webhook_deliveries_total{{outcome="401",vendor="{case.vendor}"}}': float(expected_401),
+            f'cs_webhook_deliveries_total{{outcome="400",vendor="{case.vendor}"}}': 1.0,
+        }
+
+
+def test_mcp_over_http_needs_the_bearer_token_when_one_is_set(settings: Settings) -> None:
+    token = "http-token-for-tests"
+    with running_server(replace(settings, http_token=token)) as (http, _):
+        bare = http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        assert bare.status_code == 401 and bare.headers["www-authenticate"] == "Bearer"
+        wrong = http.post("/mcp", json={}, headers={"Authorization": "Bearer not-it"})
+        assert wrong.status_code == 401
+        assert http.get("/healthz").status_code == 200  # only /mcp is behind the token
+        url = str(http.base_url.join("/mcp"))
+
+        async def with_token() -> dict[str, Any]:
+            headers = {"Authorization": f"Bearer {token}"}
+            async with (
+                httpx2.AsyncClient(headers=headers, trust_env=False, timeout=10.0) as client,
+                Client(streamable_http_client(url, http_client=client)) as mcp,
+            ):
+                result = await mcp.call_tool("get_sync_status", {})
+            assert not result.is_error and result.structured_content is not None
+            return result.structured_content
+
+        status = anyio.run(with_token)
+        assert {c["vendor"] for c in status["connectors"]} >= {"zendesk", "intercom", "sendgrid"}
+
+
+def test_a_bad_sendgrid_event_is_rejected_alone(settings: Settings) -> None:
+    """SendGrid retries a failed delivery and finally drops it: one bad event must not cost the
+    good ones beside it. The delivery is answered 200, names the rejected event, records the rest."""
+    settings = webhook_settings(settings)
+    at = datetime.now(UTC)
+    events = [sendgrid_event("delivered", "ann@acme.example", "msg-9", timestamp=at),
+              {"event": "open", "email": "ann@acme.example", "timestamp": int(at.timestamp())},  # no sg_event_id
+              sendgrid_event("click", "ann@acme.example", "msg-9", timestamp=at, url="https://x.example")]  # fmt: skip
+    with running_server(settings) as (http, reader):
+        head = reader.app.last_position()
+        body = encode(events)
+        answer = post(http, "sendgrid", body, SIGNER.headers(body, timestamp=str(int(at.timestamp()))))
+        assert answer.status_code == 200
+        assert "rejected 1" in answer.json()["status"] and "sg_event_id" in answer.json()["status"]
+        assert answer.json()["recorded"] == 2
+        assert reader.app.last_position() > head
+
+        only_bad = encode([events[1]])
+        refused = post(http, "sendgrid", only_bad, SIGNER.headers(only_bad, timestamp=str(int(at.timestamp()))))
+        assert refused.status_code == 400
