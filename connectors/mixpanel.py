@@ -8,10 +8,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import AsyncIterator
-from datetime import date
+from datetime import date, datetime, timezone
 from typing import Any
+
+import orjson
 
 from connectors.common import parse_time
 from connectors.matching import CustomerDirectory, match
@@ -31,7 +32,12 @@ def translate(record: Any, account_property: str = "account_id") -> UsageEvent:
         raise InvalidInputError("event", "missing event name")
     if "time" not in props:
         raise InvalidInputError("properties.time", "missing")
-    when = parse_time(props["time"], "properties.time")
+    email = props.get("$email")
+    raw_time = props["time"]
+    if type(raw_time) is int and 0 < raw_time < 10**11:  # the export's usual unix seconds: fast path
+        when = datetime.fromtimestamp(raw_time, timezone.utc)
+    else:
+        when = parse_time(raw_time, "properties.time")
     user = props.get("distinct_id")
     if user in (None, ""):
         raise InvalidInputError("properties.distinct_id", "missing")
@@ -45,14 +51,14 @@ def translate(record: Any, account_property: str = "account_id") -> UsageEvent:
         name=name[:200],
         time=when,
         insert_id=str(insert_id),
-        email=props.get("$email") if isinstance(props.get("$email"), str) else None,
+        email=email if isinstance(email, str) else None,
     )
 
 
 def parse_line(line: bytes | str, account_property: str) -> UsageEvent:
     try:
-        record = json.loads(line)
-    except ValueError as exc:
+        record = orjson.loads(line)  # the import's hot path: orjson parses ~5x faster than json
+    except orjson.JSONDecodeError as exc:
         raise InvalidInputError("line", f"not JSON ({exc.msg})") from None
     return translate(record, account_property)
 

@@ -12,6 +12,7 @@ from datetime import date, datetime, timedelta, timezone
 from itertools import islice
 from typing import IO, Any
 
+import orjson
 import structlog
 from eventsourcing.persistence import IntegrityError
 
@@ -245,8 +246,8 @@ class Ingestion:
             truncated = False
             for _, line in lines:
                 try:
-                    json.loads(line)
-                except ValueError:
+                    orjson.loads(line)
+                except orjson.JSONDecodeError:
                     truncated = True
                     break
             if not truncated or attempt == MALFORMED_ATTEMPTS:

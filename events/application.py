@@ -121,8 +121,9 @@ class CustomerSuccess(Application[UUID], MilestoneCommands):
         found: dict[UUID, Any] = {}
         for start in range(0, len(ids), batch):
             for stored in self._select_events_of(ids[start : start + batch]):
-                event = self.mapper.to_domain_event(stored)
-                found[stored.originator_id] = event.mutate(found.get(stored.originator_id))
+                event: Any = self.mapper.to_domain_event(stored)
+                aggregate_id: Any = stored.originator_id
+                found[aggregate_id] = event.mutate(found.get(aggregate_id))
         return found
 
     def _select_events_of(self, ids: list[UUID]) -> list[StoredEvent]:
@@ -133,17 +134,16 @@ class CustomerSuccess(Application[UUID], MilestoneCommands):
         if self.settings.database_url:
             from psycopg.sql import SQL, Identifier
 
-            statement = SQL("SELECT * FROM {}.{} WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version")
-            statement = statement.format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+            query = SQL("SELECT * FROM {}.{} WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version")
+            table = query.format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
             with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-                curs.execute(statement, (ids,))
+                curs.execute(table, (ids,))
                 return [StoredEvent(originator_id=r["originator_id"], originator_version=r["originator_version"],
                                     topic=r["topic"], state=bytes(r["state"])) for r in curs.fetchall()]  # fmt: skip
         marks = ",".join("?" * len(ids))
-        statement = (f"SELECT * FROM {recorder.events_table_name} WHERE originator_id IN ({marks}) "
-                     "ORDER BY originator_id, originator_version")  # fmt: skip
         with recorder.datastore.transaction(commit=False) as curs:
-            curs.execute(statement, [i.hex for i in ids])
+            curs.execute(f"SELECT * FROM {recorder.events_table_name} WHERE originator_id IN ({marks}) "
+                         "ORDER BY originator_id, originator_version", [i.hex for i in ids])  # fmt: skip
             return [StoredEvent(originator_id=recorder.convert_originator_id(r["originator_id"]),
                                 originator_version=r["originator_version"], topic=r["topic"], state=r["state"])
                     for r in curs.fetchall()]  # fmt: skip

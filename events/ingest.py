@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from datetime import date, datetime, timezone
+from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -58,8 +59,10 @@ class TicketSnapshot:
     rating: Rating | None = None
 
 
-@dataclass(frozen=True)
-class UsageEvent:
+class UsageEvent(NamedTuple):
+    """One raw product event. A NamedTuple, not a frozen dataclass: a million of these are
+    built per large import, and a frozen dataclass's __init__ costs several times more."""
+
     account: str | None
     user: str
     name: str
@@ -135,16 +138,24 @@ class SignalBatch:
         self.meta = meta
         self.report = BatchReport()
         self._aggregates: dict[UUID, Aggregate] = {}
+        self._absent: set[UUID] = set()  # looked up in bulk and not stored (yet)
 
     # ------------------------------------------------------------------ helpers
     def _load(self, aggregate_id: UUID) -> Aggregate | None:
         if aggregate_id in self._aggregates:
             return self._aggregates[aggregate_id]
-        if not self.app.exists(aggregate_id):
+        if aggregate_id in self._absent or not self.app.exists(aggregate_id):
             return None
         aggregate: Aggregate = self.app.repository.get(aggregate_id)
         self._aggregates[aggregate_id] = aggregate
         return aggregate
+
+    def _preload(self, aggregate_ids: Iterable[UUID]) -> None:
+        """Load the stored ones of many aggregates at once (a few queries instead of two per id)."""
+        wanted = [i for i in aggregate_ids if i not in self._aggregates and i not in self._absent]
+        found = self.app.load_many(wanted)
+        self._aggregates.update(found)
+        self._absent.update(i for i in wanted if i not in found)
 
     def _kw(self, occurred_at: datetime, source_id: str) -> dict[str, Any]:
         return {"actor": self.meta.actor, "source": self.meta.source, "source_id": source_id, "occurred_at": occurred_at}
@@ -204,37 +215,45 @@ class SignalBatch:
     # -------------------------------------------------------------------- usage
     def usage(self, events: list[UsageEvent], match_for: dict[str | None, Match]) -> None:
         """Roll raw product events up per customer-day; ``$insert_id`` already seen counts once."""
-        groups: dict[tuple[str | None, str, str], list[UsageEvent]] = {}
+        customers = {account: str(m.customer_id) if m.customer_id else None for account, m in match_for.items()}
+        utc = timezone.utc
+        groups: dict[tuple[str | None, str, date], list[UsageEvent]] = {}
         for e in events:
-            match = match_for[e.account]
-            customer = str(match.customer_id) if match.customer_id else None
+            customer = customers[e.account]
             account = "" if customer else (e.account or "")  # a matched customer's days are one stream
-            groups.setdefault((customer, account, e.time.astimezone(timezone.utc).date().isoformat()), []).append(e)
+            utc_day = (e.time if e.time.tzinfo is utc else e.time.astimezone(utc)).date()
+            groups.setdefault((customer, account, utc_day), []).append(e)
         self.report.received += len(events)
-        for (customer, account, day), items in groups.items():
-            uid = UsageDay.create_id(customer, account, day)
+        keys = {group: (group[0], group[1], group[2].isoformat()) for group in groups}
+        uids = {group: UsageDay.create_id(*key) for group, key in keys.items()}
+        self._preload(uids.values())
+        for group, items in groups.items():
+            customer, account, day = keys[group]
+            uid = uids[group]
             key = customer or f"unmatched:{account}"
             usage_day: UsageDay | None = self._load(uid)  # type: ignore[assignment]
-            latest = max(e.time for e in items)
             if usage_day is None:
+                latest = max(e.time for e in items)
                 usage_day = UsageDay(customer_id=customer, account=account, day=day, **self._kw(latest, f"{key}/{day}"))
                 self._aggregates[uid] = usage_day
+            seen = usage_day.seen_inserts
             fresh: dict[str, UsageEvent] = {}
             for e in items:
                 digest = short_hash(e.insert_id)
-                if digest not in usage_day.seen_inserts and digest not in fresh:
+                if digest not in seen and digest not in fresh:
                     fresh[digest] = e
             self.report.duplicates += len(items) - len(fresh)
             if not fresh:
                 continue
             if customer is None:
                 self.report.unmatched += len(fresh)
-            users = sorted({short_hash(key, e.user) for e in fresh.values()} - usage_day.seen_users)
+            users = sorted({short_hash(key, user) for user in {e.user for e in fresh.values()}} - usage_day.seen_users)
+            names = Counter(e.name for e in fresh.values())  # first-seen order, as the features dict keeps it
             usage_day.count(
                 events=len(fresh),
-                sessions=sum(1 for e in fresh.values() if e.name in SESSION_EVENTS),
+                sessions=sum(n for name, n in names.items() if name in SESSION_EVENTS),
                 users=users,
-                features=dict(Counter(e.name for e in fresh.values() if e.name not in SESSION_EVENTS)),
+                features={name: n for name, n in names.items() if name not in SESSION_EVENTS},
                 insert_ids=sorted(fresh),
                 **self._kw(max(e.time for e in fresh.values()), f"{key}/{day}"),
             )
@@ -302,8 +321,10 @@ class SignalBatch:
             connector.ingested(channel=self.channel, cursor=cursor, received=r.received, recorded=r.recorded,
                                duplicates=r.duplicates, unmatched=r.unmatched, rejected=len(r.rejected),
                                **self._kw(now, self.meta.source_id))  # fmt: skip
-            pending += connector.collect_events()
-            recordings = self.app.save(*pending)
+            # The connector goes in as an aggregate, not as events, so the application's
+            # snapshotting interval applies to it (it gains an event per batch for ever).
+            recordings = self.app.save(*pending, connector)
             self.report.position = recordings[-1].notification.id
         self._aggregates.clear()
+        self._absent.clear()
         return self.report

@@ -123,6 +123,8 @@ class Settings:
             dsn = self.postgres
             return {
                 "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                # Appends without psycopg's pipeline mode, which hangs on large appends (see module).
+                "APPLICATION_RECORDER_TOPIC": "events.pgrecorder:UnpipelinedPostgresApplicationRecorder",
                 "POSTGRES_HOST": dsn.host,
                 "POSTGRES_PORT": str(dsn.port),
                 "POSTGRES_USER": dsn.user,

@@ -27,7 +27,7 @@ from events.errors import InvalidInputError
 from events.settings import Settings
 from mcp_server.server import build_server
 from mcp_server.services import Services
-from projections.profile import CustomerDirectory
+from projections.profile import CUSTOMERS, CustomerDirectory
 
 WEBHOOK_VENDORS = ("zendesk", "intercom", "sendgrid")
 MAX_WEBHOOK_BYTES = 5 * 1024 * 1024
@@ -61,20 +61,32 @@ class BearerAuth:
 
 
 class WebhookReceiver:
-    """One Ingestion for every delivery; its customer directory is reloaded when the
-    profile view has moved since the last delivery (a cheap checkpoint read)."""
+    """One Ingestion for every delivery; its customer directory is reloaded when a customer
+    row has changed since the last delivery. The profile view's checkpoint (a cheap read)
+    moves with every event, tickets included; only then is the customers table asked whether
+    any row changed (its row count and newest ``last_position``), so a stream of deliveries
+    does not reload every customer for each of them."""
 
     def __init__(self, svc: Services) -> None:
         self.svc = svc
+        self.seen = svc.store.checkpoint("customer_profile_v1")
+        self.version = self._customers_version()  # read before the load: a change in between reloads again
         self.directory = CustomerDirectory(svc.store)
         self.ingestion = Ingestion(svc.app, self.directory, svc.settings, actor="webhook")
-        self.seen = svc.store.checkpoint("customer_profile_v1")
+
+    def _customers_version(self) -> tuple[int, int]:
+        with self.svc.store.snapshot() as tx:
+            row = tx.fetchone(f"SELECT COUNT(*) AS n, MAX(last_position) AS last FROM {CUSTOMERS}")
+        return (int(row["n"]), int(row["last"] or 0)) if row else (0, 0)
 
     def deliver(self, vendor: str, headers: dict[str, str], body: bytes) -> Any:
         checkpoint = self.svc.store.checkpoint("customer_profile_v1")
         if checkpoint != self.seen:
-            self.directory.refresh()
             self.seen = checkpoint
+            version = self._customers_version()
+            if version != self.version:
+                self.version = version
+                self.directory.refresh()
         outcome = self.ingestion.webhook(vendor, headers, body)
         if outcome.report and outcome.report.position:
             self.svc.engine.wake()

@@ -1,0 +1,314 @@
+"""Throughput and latency of signed Zendesk ticket webhooks against ``cs serve --http``.
+
+``cs serve --http`` runs as a subprocess on a free loopback port (configured only through
+``CS_*`` variables, with ``CS_ZENDESK_WEBHOOK_SECRET`` set), over a data directory where the
+customers were imported first (each with a ``zendesk_org_id``). A concurrent
+``httpx.AsyncClient`` (bounded: ``--concurrency`` requests in flight) then POSTs signed
+``zen:event-type:ticket.*`` deliveries to ``/webhooks/zendesk``: mostly new tickets, some
+status changes of tickets delivered earlier, some exact re-deliveries (duplicates). Each
+request is timed with ``time.perf_counter`` around ``client.post``. The server is stopped
+at the end, whatever happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import random
+import resource
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import AsyncExitStack, ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.runner import REPO_ROOT, percentiles, record
+
+SEED = 42
+WARMUP = 50
+STARTUP_TIMEOUT = 60.0  # seconds for `cs serve --http` to answer /healthz
+STOP_TIMEOUT = 15.0  # seconds for it to exit after SIGINT (then SIGKILL)
+CATCH_UP_TIMEOUT = 120.0  # seconds for the projections to fold the deliveries after the run
+REQUEST_TIMEOUT = 30.0
+CONNECTIONS_PER_CLIENT = 4  # see send_all
+WEBHOOK_SECRET_BYTES = 32
+UPDATE_SHARE = 0.10  # deliveries that change the status of a ticket delivered earlier
+DUPLICATE_SHARE = 0.10  # deliveries that repeat an earlier delivery byte for byte
+ORG_BASE = 360_000_000
+
+
+@dataclass(frozen=True)
+class Delivery:
+    body: bytes
+    webhook_id: str
+    kind: str  # "new", "update", "duplicate"
+
+
+def customers_csv(customers: int, today: date) -> str:
+    """The customers file imported first: each customer has a Zendesk organization; contracts
+    started 60 days ago (the server's daily health history then has little to backfill)."""
+    lines = ["external_key,name,domain,industry,tier,arr,seats,contract_start,renewal_date,owner,contact_name,"
+             "contact_email,zendesk_org_id"]  # fmt: skip
+    for i in range(customers):
+        renewal = today + timedelta(days=30 + i % 365)
+        lines.append(f"wh-{i:05d},Webhook Customer {i:05d},wh-{i:05d}.example.com,software,growth,{5_000 + 100 * i},"
+                     f"{5 + i % 100},{today - timedelta(days=60)},{renewal},owner@vendor.example,Contact {i:05d},"
+                     f"contact@wh-{i:05d}.example.com,{ORG_BASE + i}")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def deliveries(count: int, customers: int, *, first_ticket: int, concurrency: int, start: datetime,
+               seed: int = SEED) -> list[Delivery]:
+    """``count`` deliveries in send order (deterministic for a seed). An update or a duplicate
+    only refers to a delivery at least ``2 * concurrency`` places earlier, so it is not in
+    flight at the same time as the delivery it follows."""
+    from tests.support.vendors.zendesk import zendesk_ticket, zendesk_ticket_event
+
+    rng = random.Random(seed)
+    gap = 2 * concurrency
+    out: list[Delivery] = []
+    latest: dict[int, tuple[int, int]] = {}  # ticket id -> (org, index of its latest delivery), oldest first
+    statuses: dict[int, str] = {}
+    for i in range(count):
+        roll = rng.random()
+        settled = [t for t, (_, at) in islice(latest.items(), 4 * gap) if at <= i - gap]  # oldest tickets first
+        if roll < DUPLICATE_SHARE and settled:
+            earlier = out[latest[rng.choice(settled)][1]]
+            out.append(Delivery(earlier.body, earlier.webhook_id, "duplicate"))
+            continue
+        if roll < DUPLICATE_SHARE + UPDATE_SHARE and settled:
+            ticket_id = rng.choice(settled)
+            org = latest.pop(ticket_id)[0]  # re-inserted below: now the newest
+            version = i  # any increasing number
+            status = rng.choice([s for s in ("open", "pending", "solved", "closed") if s != statuses[ticket_id]])
+            event_type, kind = "ticket.status_changed", "update"
+        else:
+            ticket_id, org = first_ticket + i, ORG_BASE + rng.randrange(customers)
+            version, status, event_type, kind = i, "new", "ticket.created", "new"
+        ticket = zendesk_ticket(ticket_id, org, status=status, priority=rng.choice(("low", "normal", "high", "urgent")),
+                                subject=f"Bench ticket {ticket_id}", updated_at=start + timedelta(seconds=version),
+                                created_at=start + timedelta(seconds=ticket_id - first_ticket))  # fmt: skip
+        body = json.dumps(zendesk_ticket_event(ticket, event_type=event_type), separators=(",", ":")).encode()
+        out.append(Delivery(body, f"01HBENCH{i:018d}", kind))
+        latest[ticket_id] = (org, len(out) - 1)
+        statuses[ticket_id] = status
+    return out
+
+
+# ---------------------------------------------------------------------- the server
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def http_server(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, int]]:
+    """``cs serve --http`` on a free loopback port; yields its base URL and pid once /healthz answers 200.
+    Always stopped on exit: SIGINT, then SIGKILL after ``STOP_TIMEOUT``."""
+    port = _free_port()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mcp_server.cli", "serve", "--http", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while True:
+                if proc.poll() is not None:
+                    log_tail = log_path.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"cs serve exited with {proc.returncode}: {log_tail}")
+                try:
+                    if httpx.get(f"{base}/healthz", timeout=2.0).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"cs serve not answering /healthz after {STARTUP_TIMEOUT:.0f} s")
+                time.sleep(0.1)
+            yield base, proc.pid
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(STOP_TIMEOUT)
+
+
+# ------------------------------------------------------------------------ the load
+async def send_all(
+    base: str, secret: str, items: Sequence[Delivery], concurrency: int
+) -> tuple[list[float], Counter[str], float]:
+    """POST every delivery with at most ``concurrency`` in flight; (latencies, outcomes, wall seconds).
+
+    The in-flight requests are spread over one ``httpx.AsyncClient`` per ``CONNECTIONS_PER_CLIENT``
+    of them: one client with 32 pooled connections costs about 2.7 ms of client CPU per request
+    on the development machine (its pool's bookkeeping grows with its size), which would make
+    the load generator, not the server, the bottleneck; with 4 connections it costs about 0.9 ms."""
+    from tests.support.vendors.zendesk import zendesk_webhook_headers
+
+    latencies: list[float] = []
+    outcomes: Counter[str] = Counter()
+    cursor = iter(range(len(items)))
+    per_client = min(CONNECTIONS_PER_CLIENT, concurrency)
+    limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
+    async with AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=base, limits=limits, timeout=REQUEST_TIMEOUT))
+                   for _ in range(-(-concurrency // per_client))]  # fmt: skip
+
+        async def worker(client: httpx.AsyncClient) -> None:
+            for index in cursor:  # shared iterator: each delivery is sent once
+                item = items[index]
+                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                headers = zendesk_webhook_headers(secret, item.body, timestamp_iso=stamp, webhook_id=item.webhook_id)
+                started = time.perf_counter()
+                response = await client.post("/webhooks/zendesk", content=item.body, headers=headers)
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 200:
+                    outcomes[f"http {response.status_code}"] += 1
+                    continue
+                outcomes[str(response.json().get("status"))] += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(clients[i % len(clients)]) for i in range(concurrency)))
+        wall = time.perf_counter() - started
+    return latencies, outcomes, wall
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of a process (Linux /proc), or of this one; NaN where unknown."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def wait_caught_up(base: str) -> float:
+    """Seconds until /healthz reports no projection lag (bounded by ``CATCH_UP_TIMEOUT``)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < CATCH_UP_TIMEOUT:
+        status = httpx.get(f"{base}/healthz", timeout=10.0).json()
+        if all(p["lag"] == 0 for p in status["projections"]):
+            return time.perf_counter() - started
+        time.sleep(0.05)
+    raise TimeoutError(f"projections still lagging {CATCH_UP_TIMEOUT:.0f} s after the last delivery")
+
+
+def measure(database_url: str | None, args: argparse.Namespace) -> dict[str, Any]:
+    from connectors.customers import import_customers, read_rows
+    from events.settings import Settings
+    from mcp_server.services import open_services
+
+    from projections.health_history import update_history
+
+    master_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    secret = secrets.token_urlsafe(WEBHOOK_SECRET_BYTES)
+    now = datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="cs-bench-webhooks-") as tmp:
+        data_dir = Path(tmp)
+        settings = Settings(data_dir=data_dir, database_url=database_url, master_key=master_key)
+        with open_services(settings) as svc:  # the customers first, as `cs import customers` would
+            report = import_customers(svc.app, read_rows(io.StringIO(customers_csv(args.customers, now.date()))),
+                                      actor="bench", source_name="customers.csv")  # fmt: skip
+            if report.created != args.customers or report.rejected:
+                raise RuntimeError(f"customers import: {report.as_dict()}")
+            svc.engine.ensure_current(timeout=120)
+            # What the server's hourly job would otherwise backfill at start-up, during the run.
+            update_history(svc.store, now.date() - timedelta(days=1))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CS_")}
+        env.update({"CS_DATA_DIR": str(data_dir), "CS_MASTER_KEY": master_key, "CS_ZENDESK_WEBHOOK_SECRET": secret,
+                    "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
+        if database_url:
+            env["CS_DATABASE_URL"] = database_url
+        start = now - timedelta(days=1)  # tickets of the last day; one second apart
+        warm = deliveries(WARMUP, args.customers, first_ticket=1, concurrency=args.concurrency, start=start,
+                          seed=SEED + 1)  # fmt: skip
+        timed = deliveries(args.deliveries, args.customers, first_ticket=1_000_000, concurrency=args.concurrency,
+                           start=start + timedelta(seconds=WARMUP))  # fmt: skip
+        with http_server(env, data_dir / "serve.log") as (base, pid):
+            asyncio.run(send_all(base, secret, warm, args.concurrency))
+            wait_caught_up(base)
+            server_cpu, client_cpu = cpu_seconds(pid), cpu_seconds()
+            latencies, outcomes, wall = asyncio.run(send_all(base, secret, timed, args.concurrency))
+            server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, cpu_seconds() - client_cpu
+            catch_up = wait_caught_up(base)
+    kinds = Counter(d.kind for d in timed)
+    if set(outcomes) - {"recorded", "duplicate"}:
+        raise RuntimeError(f"deliveries answered otherwise than recorded/duplicate: {dict(outcomes)}")
+    lat = percentiles(latencies)
+    return {
+        "deliveries_per_s": len(timed) / wall,
+        **{f"latency_{k}": v for k, v in lat.items()},
+        "recorded": outcomes["recorded"],
+        "duplicates": outcomes["duplicate"],
+        "duplicates_sent": kinds["duplicate"],
+        "status_changes_sent": kinds["update"],
+        "projection_catch_up_s": catch_up,
+        "server_cpu_ms_per_delivery": server_cpu * 1000 / len(timed),
+        "client_cpu_ms_per_delivery": client_cpu * 1000 / len(timed),
+    }
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench webhooks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deliveries", type=int, default=5_000, help="timed deliveries (default 5,000)")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
+    parser.add_argument("--customers", type=int, default=200, help="customers, one Zendesk organization each (default 200)")
+    parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--database-url", help="postgresql://... server to create a scratch database on "
+                        "(default: $CS_DATABASE_URL, else a throwaway embedded server)")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.deliveries < 1 or args.concurrency < 1 or args.customers < 1:
+        parser.error("--deliveries, --concurrency and --customers must be at least 1")
+    args.database_url = args.database_url or os.environ.get("CS_DATABASE_URL") or None
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bench.mixpanel_import import postgres_database
+
+    args = parse_args(argv)
+    backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
+    figures: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    for backend in backends:
+        with ExitStack() as stack:
+            url = None
+            if backend == "postgres":
+                url, where["postgres"] = stack.enter_context(postgres_database(args.database_url))
+            figures[backend] = measure(url, args)
+    params: dict[str, Any] = {
+        "deliveries": args.deliveries, "concurrency": args.concurrency, "customers": args.customers,
+        "warmup": WARMUP, "seed": SEED, "update_share": UPDATE_SHARE, "duplicate_share": DUPLICATE_SHARE,
+        "backends": list(backends), "transport": "cs serve --http (subprocess, uvicorn), httpx.AsyncClient",
+        **where, "target_deliveries_per_s": 1_000, "target_p99_ms": 50,
+    }  # fmt: skip
+    record("webhooks", figures, params)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
