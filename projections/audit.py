@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -98,6 +98,24 @@ class AuditChainProjection(Projection):
         current = link(previous, event)
         tx.execute(f"INSERT INTO {CHAIN} (position, hash) VALUES (?, ?)", (position, current))
         self._last = (tx, position, current)
+
+    def handle_batch(self, tx: Tx, items: Sequence[tuple[Any, int]]) -> None:
+        """The links ``handle`` writes one by one, computed in order and inserted in one statement."""
+        if not items:
+            return
+        if self._last is not None and self._last[0] is tx:
+            previous_position, previous = self._last[1], self._last[2]
+        else:
+            row = tx.fetchone(f"SELECT position, hash FROM {CHAIN} ORDER BY position DESC LIMIT 1")
+            previous_position, previous = (int(row["position"]), row["hash"]) if row else (0, GENESIS)
+        rows = []
+        for notification, position in items:
+            if position <= previous_position:
+                raise ValueError(f"event {position} is not after the last linked event {previous_position}")
+            previous, previous_position = link(previous, notification), position
+            rows.append((position, previous))
+        tx.insert_many(CHAIN, ("position", "hash"), rows)
+        self._last = (tx, previous_position, previous)
 
     def drop(self, tx: Tx) -> None:
         self._last = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,6 +26,13 @@ class Projection(ABC):
     @abstractmethod
     def handle(self, tx: Tx, event: Any, position: int) -> None:
         """Apply one event (ignore types it does not care about)."""
+
+    def handle_batch(self, tx: Tx, items: Sequence[tuple[Any, int]]) -> None:
+        """Apply ``(event, position)`` pairs in log order, in one transaction. It must leave
+        exactly the rows that ``handle`` on each in turn leaves (a projection overrides it to
+        write a whole batch in a few statements); a failing event is then found with ``handle``."""
+        for event, position in items:
+            self.handle(tx, event, position)
 
     def drop(self, tx: Tx) -> None:
         for table in self.tables:

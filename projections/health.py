@@ -18,7 +18,7 @@ from uuid import UUID
 from events.scorecard import COMPONENTS, ScorecardConfig
 from projections.feedback import nps_of
 from projections.health_inputs_query import BookInputs, Inputs, days_between, gather
-from projections.store import ViewStore
+from projections.store import Tx, ViewStore
 
 TARGET_SEAT_ACTIVATION = 0.6  # active users / seats at which usage level scores 100
 TARGET_ACTIVE_DAYS = 20  # active days in 30 for full usage level when seats are unknown
@@ -230,7 +230,12 @@ def score_customer(i: Inputs, book: BookInputs) -> Health:
 def health_as_of(store: ViewStore, as_of: datetime, customer_ids: list[UUID] | None = None) -> dict[str, Health]:
     """Health of the given customers (default: everyone registered before ``as_of``)."""
     with store.snapshot() as tx:
-        book = gather(tx, as_of, customer_ids)
+        return health_in(tx, as_of, customer_ids)
+
+
+def health_in(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None) -> dict[str, Health]:
+    """``health_as_of`` inside a snapshot the caller holds (several instants read consistently)."""
+    book = gather(tx, as_of, customer_ids)
     return {cid: score_customer(inputs, book) for cid, inputs in book.customers.items()}
 
 

@@ -103,23 +103,28 @@ def gather(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None, *,
         customers[cid] = inputs
     if not customers:
         return BookInputs(as_of, scorecard, scorecard_at, set(), False, customers)
-    known = list(customers)
-    where, params = _in(known)
+    # The whole book: no list of ids (a book of tens of thousands would overflow a statement's
+    # parameters); rows of customers registered after as_of are skipped below.
+    where, params = _in(list(customers) if ids is not None else None)
+
+    def of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rows if r["customer_id"] in customers]
 
     d30, d60, stop = (day - timedelta(days=30)).isoformat(), (day - timedelta(days=60)).isoformat(), day.isoformat()
-    for row in tx.fetchall(f"SELECT customer_id, MIN(day) AS first_day FROM {DAYS} WHERE day < ?{where} GROUP BY customer_id",
-                           [stop, *params]):  # fmt: skip
-        customers[row["customer_id"]].first_usage_day = row["first_day"]
-    for row in tx.fetchall(f"SELECT customer_id, COUNT(*) AS active_days, SUM(events) AS events FROM {DAYS} "
-                           f"WHERE day >= ? AND day < ?{where} GROUP BY customer_id", [d30, stop, *params]):  # fmt: skip
-        customers[row["customer_id"]].active_days_30d = int(row["active_days"])
-        customers[row["customer_id"]].events_30d = int(row["events"] or 0)
-    for start, end, attr in ((d30, stop, "active_users_30d"), (d60, d30, "active_users_prev_30d")):
-        for row in tx.fetchall(f"SELECT customer_id, COUNT(DISTINCT user_hash) AS n FROM {USERS} "
-                               f"WHERE day >= ? AND day < ?{where} GROUP BY customer_id", [start, end, *params]):  # fmt: skip
-            setattr(customers[row["customer_id"]], attr, int(row["n"]))
-    for row in tx.fetchall(f"SELECT DISTINCT customer_id, feature FROM {FEATURES} WHERE day >= ? AND day < ?{where}",
-                           [d30, stop, *params]):  # fmt: skip
+    # One statement per table for both windows (for one customer, round trips are the cost).
+    for row in of(tx.fetchall(f"SELECT customer_id, MIN(day) AS first_day, SUM(CASE WHEN day >= ? THEN 1 ELSE 0 END) "
+                              f"AS active_days, SUM(CASE WHEN day >= ? THEN events ELSE 0 END) AS events FROM {DAYS} "
+                              f"WHERE day < ?{where} GROUP BY customer_id", [d30, d30, stop, *params])):  # fmt: skip
+        inputs = customers[row["customer_id"]]
+        inputs.first_usage_day = row["first_day"]
+        inputs.active_days_30d, inputs.events_30d = int(row["active_days"] or 0), int(row["events"] or 0)
+    for row in of(tx.fetchall(f"SELECT customer_id, COUNT(DISTINCT CASE WHEN day >= ? THEN user_hash END) AS n30, "
+                              f"COUNT(DISTINCT CASE WHEN day < ? THEN user_hash END) AS prev FROM {USERS} "
+                              f"WHERE day >= ? AND day < ?{where} GROUP BY customer_id", [d30, d30, d60, stop, *params])):  # fmt: skip
+        inputs = customers[row["customer_id"]]
+        inputs.active_users_30d, inputs.active_users_prev_30d = int(row["n30"]), int(row["prev"])
+    for row in of(tx.fetchall(f"SELECT DISTINCT customer_id, feature FROM {FEATURES} WHERE day >= ? AND day < ?{where}",
+                              [d30, stop, *params])):  # fmt: skip
         customers[row["customer_id"]].features_30d.add(row["feature"])
     if feature_first_days is None:
         book_features = features_used_before(tx, stop)
@@ -129,7 +134,7 @@ def gather(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None, *,
     support_connected = tx.fetchone(f"SELECT 1 AS x FROM {TICKET_STATES} WHERE at < ? LIMIT 1", [t]) is not None
     csat_from = utc_iso(as_of - timedelta(days=90))
     latest: dict[str, dict[str, Any]] = {}
-    for row in tx.fetchall(f"SELECT * FROM {TICKET_STATES} WHERE at < ?{where} ORDER BY position", [t, *params]):
+    for row in of(tx.fetchall(f"SELECT * FROM {TICKET_STATES} WHERE at < ?{where} ORDER BY position", [t, *params])):
         previous = latest.get(row["ticket_id"])
         if row["csat"] is not None and row["at"] >= csat_from and (previous is None or previous["csat"] != row["csat"]):
             customers[row["customer_id"]].csat_90d.append(float(row["csat"]))
@@ -137,14 +142,14 @@ def gather(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None, *,
     for row in latest.values():
         customers[row["customer_id"]].tickets.append(row)
 
-    for row in tx.fetchall(f"SELECT customer_id, score, responded_at FROM {SURVEYS} WHERE responded_at < ?{where} "
-                           "ORDER BY responded_at, survey_id", [t, *params]):  # fmt: skip
+    for row in of(tx.fetchall(f"SELECT customer_id, score, responded_at FROM {SURVEYS} WHERE responded_at < ?{where} "
+                              "ORDER BY responded_at, survey_id", [t, *params])):  # fmt: skip
         customers[row["customer_id"]].surveys.append((row["responded_at"], int(row["score"])))
-    for row in tx.fetchall(f"SELECT customer_id, kind, COUNT(*) AS n, MAX(occurred_at) AS last_at FROM {EMAILS} "
-                           f"WHERE occurred_at < ?{where} GROUP BY customer_id, kind", [t, *params]):  # fmt: skip
+    for row in of(tx.fetchall(f"SELECT customer_id, kind, COUNT(*) AS n, MAX(occurred_at) AS last_at FROM {EMAILS} "
+                              f"WHERE occurred_at < ?{where} GROUP BY customer_id, kind", [t, *params])):  # fmt: skip
         customers[row["customer_id"]].email_kinds[row["kind"]] = (int(row["n"]), row["last_at"])
-    for row in tx.fetchall(f"SELECT * FROM {OVERRIDES} WHERE kind = 'health' AND at < ?{where} ORDER BY position",
-                           [t, *params]):  # fmt: skip
+    for row in of(tx.fetchall(f"SELECT * FROM {OVERRIDES} WHERE kind = 'health' AND at < ?{where} ORDER BY position",
+                              [t, *params])):  # fmt: skip
         customers[row["customer_id"]].override = row if row["expires_at"] > t else None
     return BookInputs(as_of, scorecard, scorecard_at, book_features - SESSION_LIKE, support_connected, customers)
 

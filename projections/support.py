@@ -31,6 +31,8 @@ class SupportProjection(Projection):
         ]
 
     def handle(self, tx: Tx, event: Any, position: int) -> None:
+        if not isinstance(event, Ticket.Event):
+            return  # before any work: most of the log is usage and other signals
         tid, at = str(event.originator_id), utc_iso(event.occurred_at)
         if isinstance(event, Ticket.Opened):
             tx.execute(

@@ -25,6 +25,8 @@ class SyncStatusProjection(Projection):
         ]
 
     def handle(self, tx: Tx, event: Any, position: int) -> None:
+        if not isinstance(event, Connector.Event):
+            return  # before any work: most of the log is usage and other signals
         at = utc_iso(event.occurred_at)
         if isinstance(event, Connector.Started):
             tx.execute(f"INSERT INTO {SYNC} (vendor, connector_id, batches, received, recorded, duplicates, unmatched,"

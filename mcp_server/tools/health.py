@@ -14,7 +14,8 @@ from pydantic import BaseModel, Field
 from mcp_server.services import Services
 from mcp_server.tools.common import after_write, command_meta, read_ready, services, tool_errors
 from projections.backtest import backtest
-from projections.health import Health, compare, health_as_of
+from projections.health import Health, compare, health_as_of, health_in
+from projections.store import Tx
 from projections.health_history import history_rows
 
 ClientId = Annotated[str, Field(min_length=1, max_length=64, description="external key or customer id")]
@@ -75,17 +76,24 @@ def _out(h: Health, prior: Health | None, names: dict[str, tuple[str, str]]) -> 
 
 def _names(svc: Services) -> dict[str, tuple[str, str]]:
     with svc.store.snapshot() as tx:
-        return {r["customer_id"]: (r["external_key"], r["name"]) for r in tx.fetchall(
-            "SELECT customer_id, external_key, name FROM cs_customers_v1")}  # fmt: skip
+        return _names_in(tx)
+
+
+def _names_in(tx: Tx, customer_id: str | None = None) -> dict[str, tuple[str, str]]:
+    where, params = (" WHERE customer_id = ?", [customer_id]) if customer_id else ("", [])
+    return {r["customer_id"]: (r["external_key"], r["name"]) for r in tx.fetchall(
+        f"SELECT customer_id, external_key, name FROM cs_customers_v1{where}", params)}  # fmt: skip
 
 
 def one_customer(svc: Services, client_id: str, as_of: datetime, compare_to: datetime | None, history: bool) -> HealthScore:
     cid = svc.app.resolve(client_id)
-    now = health_as_of(svc.store, as_of, [cid]).get(str(cid))
+    with svc.store.snapshot() as tx:  # both instants and the name from one consistent read
+        now = health_in(tx, as_of, [cid]).get(str(cid))
+        prior = health_in(tx, as_of - timedelta(days=30), [cid]).get(str(cid)) if now is not None else None
+        names = _names_in(tx, str(cid))
     if now is None:
         raise ToolError(f"as_of: {client_id!r} was not registered yet at {as_of.isoformat()}; pass a later instant")
-    prior = health_as_of(svc.store, as_of - timedelta(days=30), [cid]).get(str(cid))
-    out = _out(now, prior, _names(svc))
+    out = _out(now, prior, names)
     if compare_to is not None:
         other = health_as_of(svc.store, compare_to, [cid]).get(str(cid))
         out.comparison = compare(other, now) if other else {"note": f"not registered yet at {compare_to.isoformat()}"}
