@@ -25,13 +25,14 @@ a meaning, requires ``schema_version`` 2.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from enum import Enum
 from typing import Any
 from uuid import UUID
+
+import orjson
 
 from events.domain import Customer, event_id, event_type
 
@@ -167,8 +168,6 @@ def envelope_key(envelope: Mapping[str, Any]) -> bytes:
 
 
 def encode_envelope(envelope: Mapping[str, Any]) -> bytes:
-    """Compact UTF-8 JSON (the published message value)."""
-    return _ENCODER.encode(envelope).encode()
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    """Compact UTF-8 JSON (the published message value). orjson: the publisher's hot path,
+    several times faster than json for the same bytes (compact separators, UTF-8 as is)."""
+    return orjson.dumps(envelope)
