@@ -68,6 +68,14 @@ def _registered_kwargs(cmd: RegisterCustomer, meta: CommandMeta) -> dict[str, An
     return kw
 
 
+def _future_expiry(expires_at: datetime, meta: CommandMeta) -> datetime:
+    """An override's expiry as aware UTC; one in the past is refused (naive = UTC)."""
+    expires = expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=timezone.utc)
+    if expires <= meta.occurred_at:
+        raise InvalidInputError("expires_at", f"{expires.isoformat()} is in the past; give a future instant")
+    return expires
+
+
 def _still_active(override: dict[str, Any] | None, meta: CommandMeta) -> dict[str, Any] | None:
     """The override a new one replaces (kept in the new event: nothing is silently wiped)."""
     if override and datetime.fromisoformat(override["expires_at"]) > meta.occurred_at:
@@ -284,9 +292,7 @@ class CustomerSuccess(Application[UUID], MilestoneCommands):
     def override_health(self, client_id: str, data: OverrideHealth | dict[str, Any], author: str,
                         meta: CommandMeta) -> CommandResult:  # fmt: skip
         cmd: OverrideHealth = _validate(OverrideHealth, data)
-        expires = cmd.expires_at if cmd.expires_at.tzinfo else cmd.expires_at.replace(tzinfo=timezone.utc)
-        if expires <= meta.occurred_at:
-            raise InvalidInputError("expires_at", f"{expires.isoformat()} is in the past; give a future instant")
+        expires = _future_expiry(cmd.expires_at, meta)
         customer = self.get_customer(client_id)
         customer.override_health(band=cmd.band, score=cmd.score, reason=cmd.reason, author=author,
                                  expires_at=expires.isoformat(), replaces=_still_active(customer.health_override, meta),
@@ -296,9 +302,7 @@ class CustomerSuccess(Application[UUID], MilestoneCommands):
     def override_stage(self, client_id: str, data: OverrideStage | dict[str, Any], author: str,
                        meta: CommandMeta) -> CommandResult:  # fmt: skip
         cmd: OverrideStage = _validate(OverrideStage, data)
-        expires = cmd.expires_at if cmd.expires_at.tzinfo else cmd.expires_at.replace(tzinfo=timezone.utc)
-        if expires <= meta.occurred_at:
-            raise InvalidInputError("expires_at", f"{expires.isoformat()} is in the past; give a future instant")
+        expires = _future_expiry(cmd.expires_at, meta)
         customer = self.get_customer(client_id)
         customer.override_stage(stage=cmd.stage, reason=cmd.reason, author=author, expires_at=expires.isoformat(),
                                 replaces=_still_active(customer.stage_override, meta), **_meta_kwargs(meta))  # fmt: skip
