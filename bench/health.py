@@ -26,7 +26,6 @@ import csv
 import faulthandler
 import io
 import json
-import os
 import pstats
 import random
 import secrets
@@ -45,7 +44,7 @@ from mcp import Client
 
 from bench import mixpanel_import
 from bench.core_tools import _checked, stdio_params
-from bench.runner import percentiles, record
+from bench.runner import add_backend_args, backends_of, percentiles, record
 
 SEED = 42
 WARMUP_CALLS = 20
@@ -288,16 +287,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--days", type=int, default=60, help="days of usage, ending yesterday (default 60)")
     parser.add_argument("--calls", type=int, default=500, help="timed one-customer calls over stdio (default 500)")
     parser.add_argument("--book-calls", type=int, default=10, help="timed whole-book scorings, each way (default 10)")
-    parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="sqlite")
-    parser.add_argument("--database-url", help="postgresql://... server to create a scratch database on "
-                        "(default: $CS_DATABASE_URL, else a throwaway embedded server)")  # fmt: skip
+    add_backend_args(parser, default="sqlite")
     parser.add_argument("--profile-dir", type=Path, help="write cProfile summaries of the book scoring and the rebuild here")
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="seconds before a stuck run dumps every thread's stack and exits (default 3600)")  # fmt: skip
     args = parser.parse_args(argv)
     if min(args.customers, args.events, args.days, args.calls, args.book_calls) < 1:
         parser.error("--customers, --events, --days, --calls and --book-calls must be at least 1")
-    args.database_url = args.database_url or os.environ.get("CS_DATABASE_URL") or None
     return args
 
 
@@ -306,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     faulthandler.dump_traceback_later(args.timeout, exit=True)  # a hung database call says where
-    backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
+    backends = backends_of(args)
     master_key = base64.b64encode(secrets.token_bytes(32)).decode()
     start = first_day(args.days)
     figures: dict[str, Any] = {}

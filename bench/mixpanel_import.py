@@ -32,7 +32,7 @@ from datetime import date, datetime, time as dtime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.runner import record
+from bench.runner import add_backend_args, backends_of, record
 
 SEED = 42
 START_DAY = date(2026, 3, 2)  # a Monday; the window is START_DAY .. START_DAY + days - 1
@@ -251,19 +251,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=1_000_000, help="raw events in the file (default 1,000,000)")
     parser.add_argument("--customers", type=int, default=1_000, help="customers, one Mixpanel account each (default 1,000)")
     parser.add_argument("--days", type=int, default=30, help="days the events span (default 30)")
-    parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
-    parser.add_argument("--database-url", help="postgresql://... server to create a scratch database on "
-                        "(default: $CS_DATABASE_URL, else a throwaway embedded server)")  # fmt: skip
+    add_backend_args(parser, default="both")
     args = parser.parse_args(argv)
     if args.events < 1 or args.customers < 1 or args.days < 1:
         parser.error("--events, --customers and --days must be at least 1")
-    args.database_url = args.database_url or os.environ.get("CS_DATABASE_URL") or None
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
+    backends = backends_of(args)
     master_key = base64.b64encode(secrets.token_bytes(32)).decode()
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cs-bench-mixpanel-file-") as tmp:

@@ -7,6 +7,7 @@ the machine it ran on and the parameters it ran with, so runs can be compared la
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -36,6 +37,20 @@ def percentiles(samples_seconds: Sequence[float]) -> dict[str, float]:
         "max_ms": max(ms),
         "mean_ms": statistics.fmean(ms),
     }
+
+
+def add_backend_args(parser: argparse.ArgumentParser, *, default: str) -> None:
+    """``--backend sqlite|postgres|both`` and ``--database-url`` (a server to create scratch
+    databases on; default $CS_DATABASE_URL, else a throwaway embedded server)."""
+    parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default=default)
+    parser.add_argument("--database-url", help="postgresql://... server to create a scratch database on "
+                        "(default: $CS_DATABASE_URL, else a throwaway embedded server)")  # fmt: skip
+
+
+def backends_of(args: argparse.Namespace) -> tuple[str, ...]:
+    """The backends asked for; also settles ``args.database_url`` from the environment."""
+    args.database_url = args.database_url or os.environ.get("CS_DATABASE_URL") or None
+    return ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
 
 
 def _git(*args: str) -> str | None:

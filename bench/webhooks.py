@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from bench.runner import REPO_ROOT, percentiles, record
+from bench.runner import REPO_ROOT, add_backend_args, backends_of, percentiles, record
 
 SEED = 42
 WARMUP = 50
@@ -277,13 +277,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--deliveries", type=int, default=5_000, help="timed deliveries (default 5,000)")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
     parser.add_argument("--customers", type=int, default=200, help="customers, one Zendesk organization each (default 200)")
-    parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
-    parser.add_argument("--database-url", help="postgresql://... server to create a scratch database on "
-                        "(default: $CS_DATABASE_URL, else a throwaway embedded server)")  # fmt: skip
+    add_backend_args(parser, default="both")
     args = parser.parse_args(argv)
     if args.deliveries < 1 or args.concurrency < 1 or args.customers < 1:
         parser.error("--deliveries, --concurrency and --customers must be at least 1")
-    args.database_url = args.database_url or os.environ.get("CS_DATABASE_URL") or None
     return args
 
 
@@ -291,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench.mixpanel_import import postgres_database
 
     args = parse_args(argv)
-    backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
+    backends = backends_of(args)
     figures: dict[str, Any] = {}
     where: dict[str, str] = {}
     for backend in backends:
