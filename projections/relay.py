@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from projections.store import RunnerLock, ViewStore
+from projections.store import LogConsumer, ViewStore
 
 log = structlog.get_logger(__name__)
 
@@ -23,35 +23,21 @@ Sink = Callable[[Sequence[tuple[Any, Any]]], None]
 on the other side, raises if they are not."""
 
 
-class EventRelay:
+class EventRelay(LogConsumer):
     def __init__(
         self, name: str, sink: Sink, store: ViewStore, recorder: Any, mapper: Any, *, batch_size: int = 1000
     ) -> None:
-        self.name = name
+        super().__init__(name, store)
         self.sink = sink
-        self.store = store
         self.recorder = recorder
         self.mapper = mapper
         self.batch_size = batch_size
-        self.owned = False
         self.last_error: str | None = None
-        self._lock: RunnerLock = store.runner_lock(name)
         self._retry_at = 0.0
         self._backoff = 0.5
 
     def setup(self) -> None:
         self.store.ensure_checkpoint(self.name)
-
-    def try_own(self) -> bool:
-        self.owned = self._lock.try_acquire()
-        return self.owned
-
-    def release(self) -> None:
-        self._lock.release()
-        self.owned = False
-
-    def checkpoint(self) -> int:
-        return self.store.checkpoint(self.name)
 
     def run_once(self) -> int:
         """Forward one batch after the checkpoint; return how many events went out."""

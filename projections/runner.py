@@ -21,7 +21,7 @@ import structlog
 
 from projections.base import Projection
 from projections.relay import EventRelay
-from projections.store import RunnerLock, ViewStore
+from projections.store import LogConsumer, ViewStore
 
 log = structlog.get_logger(__name__)
 
@@ -50,30 +50,16 @@ class ViewsBehindError(RuntimeError):
     """The views did not reach the wanted position in time."""
 
 
-class CatchUpRunner:
+class CatchUpRunner(LogConsumer):
     """Runs one projection from its checkpoint to the head of the log."""
 
     def __init__(self, projection: Projection, store: ViewStore, recorder: Any, mapper: Any) -> None:
+        super().__init__(projection.name, store)
         self.projection = projection
-        self.store = store
         self.recorder = recorder
         self.mapper = mapper
         self.failure: ProjectionFailure | None = None
         self._mutex = threading.Lock()
-        self._lock: RunnerLock = store.runner_lock(projection.name)
-        self.owned = False
-
-    def try_own(self) -> bool:
-        """Take the one-runner-per-projection lock (idempotent)."""
-        self.owned = self._lock.try_acquire()
-        return self.owned
-
-    def release(self) -> None:
-        self._lock.release()
-        self.owned = False
-
-    def checkpoint(self) -> int:
-        return self.store.checkpoint(self.projection.name)
 
     def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
         """Process everything after the checkpoint; return the number of events processed.

@@ -94,6 +94,29 @@ class RunnerLock(ABC):
     def release(self) -> None: ...
 
 
+class LogConsumer:
+    """A named consumer of the log (a projection runner, a relay): its checkpoint, and the lock
+    that lets only one process at a time run it."""
+
+    def __init__(self, name: str, store: ViewStore) -> None:
+        self.name = name
+        self.store = store
+        self.owned = False
+        self._lock: RunnerLock = store.runner_lock(name)
+
+    def try_own(self) -> bool:
+        """Take the one-runner-per-consumer lock (idempotent)."""
+        self.owned = self._lock.try_acquire()
+        return self.owned
+
+    def release(self) -> None:
+        self._lock.release()
+        self.owned = False
+
+    def checkpoint(self) -> int:
+        return self.store.checkpoint(self.name)
+
+
 class ViewStore(ABC):
     backend: str
 
