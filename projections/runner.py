@@ -61,8 +61,9 @@ class CatchUpRunner(LogConsumer):
         self.failure: ProjectionFailure | None = None
         self._mutex = threading.Lock()
 
-    def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
-        """Process everything after the checkpoint; return the number of events processed.
+    def catch_up(self, progress: Callable[[int], None] | None = None, until: int | None = None) -> int:
+        """Process everything after the checkpoint (up to position ``until``, when given);
+        return the number of events processed.
 
         Raises :class:`ProjectionStoppedError` on a failing event (and keeps raising it
         until the process is restarted: a poison event is never skipped)."""
@@ -74,8 +75,10 @@ class CatchUpRunner(LogConsumer):
             processed = 0
             while True:
                 start = self.checkpoint()
+                if until is not None and start >= until:
+                    return processed
                 batch = self.recorder.select_notifications(
-                    start=start, limit=BATCH_SIZE, inclusive_of_start=False
+                    start=start, limit=BATCH_SIZE, stop=until, inclusive_of_start=False
                 )
                 if not batch:
                     return processed
@@ -174,11 +177,15 @@ class ProjectionEngine:
         return self._catch_up([r for r in self.runners.values() if r.owned])
 
     def _catch_up(self, runners: Sequence[CatchUpRunner], progress: Callable[[int], None] | None = None) -> int:
+        # Each runner on its own goes no further than the head as it was before the shared pass:
+        # events appended meanwhile (a stream of webhooks) are left to the next shared pass, so
+        # the runners stay in step instead of each reading and decoding them separately.
+        head = self.app.last_position()
         processed = self._catch_up_together([r for r in runners if r.failure is None], progress)
         stopped = None
         for runner in runners:  # whatever the shared pass left: each on its own (and stops, if it must)
             try:
-                processed += runner.catch_up(progress)
+                processed += runner.catch_up(progress, until=head)
             except ProjectionStoppedError as exc:
                 stopped = stopped or exc
         if stopped:
