@@ -21,8 +21,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from events.settings import Settings
+from connectors.service import Ingestion, PreparedWebhook
 from mcp_server.http import build_http_app
 from mcp_server.services import Services, open_services
+from projections.profile import CustomerDirectory
 from tests.support.connectors import ACME, GLOBEX, register_customers
 from tests.support.vendors import (
     SendGridSigner,
@@ -234,3 +236,117 @@ def test_a_bad_sendgrid_event_is_rejected_alone(settings: Settings) -> None:
         only_bad = encode([events[1]])
         refused = post(http, "sendgrid", only_bad, SIGNER.headers(only_bad, timestamp=str(int(at.timestamp()))))
         assert refused.status_code == 400
+
+
+# ---------------------------------------------------------------------- bursts (group commit)
+BURST_TICKETS = 24  # distinct valid tickets in the burst
+COPIES = 3  # each delivered this many times inside the burst
+
+
+def _ticket_body(ticket_id: int, org: int, at: datetime) -> bytes:
+    return encode(zendesk_ticket_event(zendesk_ticket(ticket_id, org, updated_at=at, subject=f"Burst {ticket_id}")))
+
+
+def _ticket_events(reader: Services, after: int) -> dict[str, list[str]]:
+    """Ticket id -> topics of the events stored after position ``after``, in log order."""
+    by_ticket: dict[str, list[str]] = {}
+    with reader.store.snapshot() as tx:
+        tickets = {r["ticket_id"]: r["vendor_id"] for r in tx.fetchall("SELECT ticket_id, vendor_id FROM cs_tickets_v1")}
+    for notification in reader.app.recorder.select_notifications(start=after, limit=10_000, inclusive_of_start=False):
+        vendor_id = tickets.get(str(notification.originator_id), str(notification.originator_id))
+        by_ticket.setdefault(vendor_id, []).append(notification.topic.rsplit(".", 1)[-1])
+    return by_ticket
+
+
+def test_a_concurrent_burst_is_answered_one_by_one_and_recorded_once(settings: Settings) -> None:
+    """Many deliveries at once over real HTTP, so that they are committed in groups: valid tickets
+    (known and unknown organizations) each delivered several times inside the burst, a forged
+    signature, a stale one and malformed JSON. Each is answered for itself; each valid ticket is
+    recorded exactly once; the bad ones record nothing and do not disturb the others."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    valid = {9000 + i: _ticket_body(9000 + i, 509974 if i % 2 else 999999, now) for i in range(BURST_TICKETS)}
+    forged_body = _ticket_body(9900, 509974, now)  # never delivered with a valid signature
+    stale_body = _ticket_body(9901, 509974, now)
+    broken = valid[9000][:40]
+    sends: list[tuple[str, bytes, dict[str, str]]] = []
+    for copy in range(COPIES):
+        sends += [(f"valid {t}", body, _zendesk(ZENDESK_SECRET)(body, now)) for t, body in valid.items()]
+        if copy == 1:  # the bad ones in the middle of the burst
+            sends += [("forged", forged_body, _zendesk("not-the-secret")(forged_body, now)),
+                      ("stale", stale_body, _zendesk(ZENDESK_SECRET)(stale_body, now - STALE)),
+                      ("malformed", broken, _zendesk(ZENDESK_SECRET)(broken, now))]  # fmt: skip
+
+    with running_server(webhook_settings(settings)) as (http, reader):
+        head = reader.app.last_position()
+
+        async def burst() -> list[httpx.Response]:
+            limits = httpx.Limits(max_connections=len(sends))
+            async with httpx.AsyncClient(base_url=str(http.base_url), limits=limits, trust_env=False, timeout=30) as client:
+                answers: list[httpx.Response | None] = [None] * len(sends)
+
+                async def send(i: int) -> None:
+                    answers[i] = await client.post("/webhooks/zendesk", content=sends[i][1], headers=sends[i][2])
+
+                async with anyio.create_task_group() as tg:
+                    for i in range(len(sends)):
+                        tg.start_soon(send, i)
+            return [a for a in answers if a is not None]
+
+        answers = anyio.run(burst)
+        assert len(answers) == len(sends)
+        by_kind: dict[str, list[httpx.Response]] = {}
+        for (kind, _, _), answer in zip(sends, answers, strict=True):
+            by_kind.setdefault(kind, []).append(answer)
+        assert [a.status_code for a in by_kind.pop("forged")] == [401]
+        assert [a.status_code for a in by_kind.pop("stale")] == [401]
+        assert [a.status_code for a in by_kind.pop("malformed")] == [400]
+        for kind, copies in by_kind.items():
+            assert [a.status_code for a in copies] == [200] * COPIES, kind
+            assert sorted(a.json()["status"] for a in copies) == ["duplicate"] * (COPIES - 1) + ["recorded"], kind
+            (kept,) = [a for a in copies if a.json()["status"] == "recorded"]
+            assert kept.json()["recorded"] == 1
+            assert kept.json()["unmatched"] == (0 if int(kind.split()[1]) % 2 else 1)
+
+        reader.engine.ensure_current()
+        stored = _ticket_events(reader, head)
+        assert stored == {str(t): ["Opened"] for t in valid}  # once each; nothing for 9900, 9901
+        with reader.store.snapshot() as tx:
+            rows = {r["vendor_id"]: r["customer_id"] for r in tx.fetchall("SELECT vendor_id, customer_id FROM cs_tickets_v1")}
+        assert rows == {str(t): (ACME if (t - 9000) % 2 else None) for t in valid}
+
+
+def test_a_group_records_what_one_by_one_delivery_records(settings: Settings) -> None:
+    """`Ingestion.commit_webhooks` with a whole group (new tickets, a status change of one of
+    them, an exact repeat) answers each delivery as committing them one after the other does,
+    and stores the same events for the same tickets (the two runs use different ticket ids)."""
+    at = datetime.now(UTC).replace(microsecond=0)
+
+    def bodies(base: int) -> list[bytes]:
+        return [
+            _ticket_body(base, 509974, at),
+            _ticket_body(base + 1, 999999, at),
+            encode(zendesk_ticket_event(zendesk_ticket(base, 509974, status="solved", updated_at=at + timedelta(minutes=1)),
+                                        event_type="ticket.status_changed")),
+            _ticket_body(base + 1, 999999, at),  # the same delivery again, inside the group
+            _ticket_body(base + 2, 509974, at),
+        ]  # fmt: skip
+
+    settings = webhook_settings(settings)
+    with open_services(settings) as svc:
+        register_customers(svc)
+        ingestion = Ingestion(svc.app, CustomerDirectory(svc.store), settings, actor="webhook")
+
+        def run(grouped: bool, base: int) -> tuple[list[tuple[int, str]], dict[int, list[str]]]:
+            head = svc.app.last_position()
+            group = [ingestion.prepare_webhook("zendesk", _zendesk(ZENDESK_SECRET)(b, at), b) for b in bodies(base)]
+            assert all(isinstance(p, PreparedWebhook) for p in group)
+            ready = [p for p in group if isinstance(p, PreparedWebhook)]
+            outcomes = ingestion.commit_webhooks(ready) if grouped else [ingestion.commit_webhooks([p])[0] for p in ready]
+            svc.engine.ensure_current()
+            answers = [(o.status, o.message) for o in outcomes if not isinstance(o, Exception)]
+            return answers, {int(t) - base: topics for t, topics in _ticket_events(svc, head).items()}
+
+        grouped, one_by_one = run(True, 7100), run(False, 7200)
+    assert grouped == one_by_one
+    assert grouped[0] == [(200, "recorded"), (200, "recorded"), (200, "recorded"), (200, "duplicate"), (200, "recorded")]
+    assert grouped[1] == {0: ["Opened", "Changed", "Solved"], 1: ["Opened"], 2: ["Opened"]}
