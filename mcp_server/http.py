@@ -163,6 +163,9 @@ class WebhookReceiver:
         self.ingestion = Ingestion(svc.app, self.directory, svc.settings, actor="webhook")
         self._queue: queue.Queue[tuple[PreparedWebhook, asyncio.Future[Any]] | None] = queue.Queue(queue_max)
         self._thread = threading.Thread(target=self._run, name="cs-webhook-ingest", daemon=True)
+
+    def start(self) -> None:
+        """Start recording what is queued (deliveries are accepted into the queue before)."""
         self._thread.start()
 
     def _customers_version(self) -> tuple[int, int]:
@@ -199,8 +202,9 @@ class WebhookReceiver:
 
     def close(self) -> None:
         """Record what is queued, then stop the ingest thread."""
-        self._queue.put(None)
-        self._thread.join()
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
     def _run(self) -> None:
         stopping = False
@@ -263,6 +267,7 @@ def build_http_app(settings: Settings, *, host: str = "127.0.0.1") -> ASGIApp:
     def opened(svc: Services) -> None:
         state["svc"] = svc
         state["receiver"] = WebhookReceiver(svc)
+        state["receiver"].start()
 
     def closing() -> None:
         if "receiver" in state:

@@ -22,7 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from events.settings import Settings
 from connectors.service import Ingestion, PreparedWebhook
-from mcp_server.http import build_http_app
+from mcp_server.http import MAX_WEBHOOK_BYTES, WebhookReceiver, WebhookRoute, build_http_app
 from mcp_server.services import Services, open_services
 from projections.profile import CustomerDirectory
 from tests.support.connectors import ACME, GLOBEX, register_customers
@@ -350,3 +350,100 @@ def test_a_group_records_what_one_by_one_delivery_records(settings: Settings) ->
     assert grouped == one_by_one
     assert grouped[0] == [(200, "recorded"), (200, "recorded"), (200, "recorded"), (200, "duplicate"), (200, "recorded")]
     assert grouped[1] == {0: ["Opened", "Changed", "Solved"], 1: ["Opened"], 2: ["Opened"]}
+
+
+def test_a_full_queue_answers_503_and_recording_resumes(settings: Settings) -> None:
+    """Back-pressure: deliveries beyond the queue's bound are refused with 503 (nothing recorded
+    for them) instead of piling up; the queued ones are recorded once the ingest thread runs."""
+    settings = webhook_settings(settings)
+    at = datetime.now(UTC).replace(microsecond=0)
+    bodies = [_ticket_body(8000 + i, 509974, at) for i in range(4)]
+    with open_services(settings) as svc:
+        register_customers(svc)
+        head = svc.app.last_position()
+        receiver = WebhookReceiver(svc, queue_max=2)  # not started: nothing leaves the queue yet
+
+        async def deliver() -> tuple[list[int], list[int]]:
+            answered: list[int] = []
+
+            async def one(body: bytes) -> int:
+                return (await receiver.submit("zendesk", _zendesk(ZENDESK_SECRET)(body, at), body)).status
+
+            async def queued(body: bytes) -> None:
+                answered.append(await one(body))
+
+            async with anyio.create_task_group() as tg:
+                for body in bodies[:2]:
+                    tg.start_soon(queued, body)
+                await anyio.wait_all_tasks_blocked()  # both wait in the queue
+                refused = [await one(b) for b in bodies[2:]]  # the queue is full: answered at once
+                assert svc.app.last_position() == head
+                receiver.start()
+            return answered, refused
+
+        try:
+            answered, refused = anyio.run(deliver)
+        finally:
+            receiver.close()
+        assert refused == [503, 503]
+        assert answered == [200, 200]
+        svc.engine.ensure_current()
+        assert set(_ticket_events(svc, head)) == {"8000", "8001"}
+
+
+def test_a_failing_delivery_in_a_group_fails_alone(settings: Settings) -> None:
+    """When a group cannot be committed (here one delivery's fill raises), its deliveries are
+    committed one by one: the error is answered to that delivery, the others are recorded."""
+    settings = webhook_settings(settings)
+    at = datetime.now(UTC).replace(microsecond=0)
+    with open_services(settings) as svc:
+        register_customers(svc)
+        ingestion = Ingestion(svc.app, CustomerDirectory(svc.store), settings, actor="webhook")
+        head = svc.app.last_position()
+        good = [ingestion.prepare_webhook("zendesk", _zendesk(ZENDESK_SECRET)(b, at), b)
+                for b in (_ticket_body(8100, 509974, at), _ticket_body(8101, 999999, at))]  # fmt: skip
+        assert all(isinstance(p, PreparedWebhook) for p in good)
+
+        def explode(_: Any) -> None:
+            raise RuntimeError("this delivery cannot be recorded")
+
+        bad = PreparedWebhook("zendesk", "bad", explode, None)
+        outcomes = ingestion.commit_webhooks([good[0], bad, good[1]])  # type: ignore[list-item]
+        assert isinstance(outcomes[1], RuntimeError)
+        assert [(o.status, o.message) for o in (outcomes[0], outcomes[2])] == [(200, "recorded")] * 2  # type: ignore[union-attr]
+        svc.engine.ensure_current()
+        assert _ticket_events(svc, head) == {"8100": ["Opened"], "8101": ["Opened"]}
+
+
+def test_the_webhook_route_answers_503_with_retry_after_and_keeps_other_paths() -> None:
+    """The ASGI route in front of the Starlette app: a refused delivery carries Retry-After; a
+    wrong method, an unknown vendor and an oversized body are answered there; other paths pass."""
+    seen: list[tuple[str, dict[str, str], bytes]] = []
+
+    async def busy(vendor: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        seen.append((vendor, headers, body))
+        return 503, {"status": "too many deliveries waiting; retry later"}
+
+    async def other(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def calls() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=WebhookRoute(other, busy))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return [
+                await client.post("/webhooks/zendesk", content=b"{}", headers={"X-Zendesk-Webhook-Id": "a"}),
+                await client.get("/webhooks/zendesk"),
+                await client.post("/webhooks/nobody", content=b"{}"),
+                await client.post("/webhooks/zendesk", content=b"x" * (MAX_WEBHOOK_BYTES + 1)),
+                await client.get("/healthz"),
+            ]
+
+    busy_answer, wrong_method, unknown, too_large, elsewhere = anyio.run(calls)
+    assert busy_answer.status_code == 503 and busy_answer.headers["retry-after"] == "1"
+    assert busy_answer.json() == {"status": "too many deliveries waiting; retry later"}
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert unknown.status_code == 404
+    assert too_large.status_code == 413
+    assert elsewhere.status_code == 204
+    assert [(v, h["x-zendesk-webhook-id"], b) for v, h, b in seen] == [("zendesk", "a", b"{}")]
