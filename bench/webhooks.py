@@ -2,18 +2,18 @@
 
 ``cs serve --http`` runs as a subprocess on a free loopback port (configured only through
 ``CS_*`` variables, with ``CS_ZENDESK_WEBHOOK_SECRET`` set), over a data directory where the
-customers were imported first (each with a ``zendesk_org_id``). A concurrent
-``httpx.AsyncClient`` (bounded: ``--concurrency`` requests in flight) then POSTs signed
-``zen:event-type:ticket.*`` deliveries to ``/webhooks/zendesk``: mostly new tickets, some
-status changes of tickets delivered earlier, some exact re-deliveries (duplicates). Each
-request is timed with ``time.perf_counter`` around ``client.post``. The server is stopped
-at the end, whatever happened.
+customers were imported first (each with a ``zendesk_org_id``). Signed
+``zen:event-type:ticket.*`` deliveries are POSTed to ``/webhooks/zendesk`` (mostly new tickets,
+some status changes of tickets delivered earlier, some exact re-deliveries) by the raw HTTP/1.1
+load generator of :mod:`bench.http_load`, in two phases: an open loop at ``--rate`` deliveries
+per second (latency from each request's due time, the target question), then a closed loop
+with ``--concurrency`` in flight (the maximum throughput). The server is stopped at the end,
+whatever happened.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import io
 import json
@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import AsyncExitStack, ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from itertools import islice
@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
+from bench import http_load
 from bench.runner import REPO_ROOT, add_backend_args, backends_of, percentiles, record
 
 SEED = 42
@@ -45,8 +47,9 @@ WARMUP = 50
 STARTUP_TIMEOUT = 60.0  # seconds for `cs serve --http` to answer /healthz
 STOP_TIMEOUT = 15.0  # seconds for it to exit after SIGINT (then SIGKILL)
 CATCH_UP_TIMEOUT = 120.0  # seconds for the projections to fold the deliveries after the run
-REQUEST_TIMEOUT = 30.0
-CONNECTIONS_PER_CLIENT = 4  # see send_all
+PATH = "/webhooks/zendesk"
+TARGET_PER_S = 1_000
+TARGET_P99_MS = 50.0
 WEBHOOK_SECRET_BYTES = 32
 UPDATE_SHARE = 0.10  # deliveries that change the status of a ticket delivered earlier
 DUPLICATE_SHARE = 0.10  # deliveries that repeat an earlier delivery byte for byte
@@ -155,43 +158,35 @@ def http_server(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, int]
 
 
 # ------------------------------------------------------------------------ the load
-async def send_all(
-    base: str, secret: str, items: Sequence[Delivery], concurrency: int
-) -> tuple[list[float], Counter[str], float]:
-    """POST every delivery with at most ``concurrency`` in flight; (latencies, outcomes, wall seconds).
-
-    The in-flight requests are spread over one ``httpx.AsyncClient`` per ``CONNECTIONS_PER_CLIENT``
-    of them: one client with 32 pooled connections costs about 2.7 ms of client CPU per request
-    on the development machine (its pool's bookkeeping grows with its size), which would make
-    the load generator, not the server, the bottleneck; with 4 connections it costs about 0.9 ms."""
+def signed_requests(secret: str, items: Sequence[Delivery]) -> http_load.Build:
+    """Request ``i``: POST ``items[i]`` to /webhooks/zendesk, signed when it is sent with the
+    current time (the receiver refuses a timestamp more than 5 minutes off)."""
     from tests.support.vendors.zendesk import zendesk_webhook_headers
 
-    latencies: list[float] = []
+    stamp = ("", -1)  # (Zendesk timestamp, the second it is for): formatted once a second
+
+    def build(i: int) -> tuple[str, dict[str, str], bytes]:
+        nonlocal stamp
+        second = int(time.time())
+        if stamp[1] != second:
+            stamp = (datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), second)
+        item = items[i]
+        return PATH, zendesk_webhook_headers(secret, item.body, timestamp_iso=stamp[0], webhook_id=item.webhook_id), item.body
+
+    return build
+
+
+def outcomes_of(result: http_load.LoadResult) -> Counter[str]:
+    """The server's answers: its ``status`` for a 200, else ``http <code>``."""
     outcomes: Counter[str] = Counter()
-    cursor = iter(range(len(items)))
-    per_client = min(CONNECTIONS_PER_CLIENT, concurrency)
-    limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
-    async with AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=base, limits=limits, timeout=REQUEST_TIMEOUT))
-                   for _ in range(-(-concurrency // per_client))]  # fmt: skip
-
-        async def worker(client: httpx.AsyncClient) -> None:
-            for index in cursor:  # shared iterator: each delivery is sent once
-                item = items[index]
-                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-                headers = zendesk_webhook_headers(secret, item.body, timestamp_iso=stamp, webhook_id=item.webhook_id)
-                started = time.perf_counter()
-                response = await client.post("/webhooks/zendesk", content=item.body, headers=headers)
-                latencies.append(time.perf_counter() - started)
-                if response.status_code != 200:
-                    outcomes[f"http {response.status_code}"] += 1
-                    continue
-                outcomes[str(response.json().get("status"))] += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(clients[i % len(clients)]) for i in range(concurrency)))
-        wall = time.perf_counter() - started
-    return latencies, outcomes, wall
+    for response in result.responses:
+        if response is None:
+            outcomes["no answer"] += 1
+        elif response.status != 200:
+            outcomes[f"http {response.status}"] += 1
+        else:
+            outcomes[str(orjson.loads(response.body).get("status"))] += 1
+    return outcomes
 
 
 def cpu_seconds(pid: int | None = None) -> float:
@@ -244,43 +239,74 @@ def measure(database_url: str | None, args: argparse.Namespace) -> dict[str, Any
         if database_url:
             env["CS_DATABASE_URL"] = database_url
         start = now - timedelta(days=1)  # tickets of the last day; one second apart
-        warm = deliveries(WARMUP, args.customers, first_ticket=1, concurrency=args.concurrency, start=start,
-                          seed=SEED + 1)  # fmt: skip
-        timed = deliveries(args.deliveries, args.customers, first_ticket=1_000_000, concurrency=args.concurrency,
-                           start=start + timedelta(seconds=WARMUP))  # fmt: skip
+        gap = max(args.connections, args.concurrency)
+        warm = deliveries(WARMUP, args.customers, first_ticket=1, concurrency=gap, start=start, seed=SEED + 1)
+        phases = {  # fresh tickets for each phase
+            "open": deliveries(args.deliveries, args.customers, first_ticket=1_000_000, concurrency=args.connections,
+                               start=start + timedelta(seconds=WARMUP)),
+            "closed": deliveries(args.deliveries, args.customers, first_ticket=2_000_000, concurrency=args.concurrency,
+                                 start=start + timedelta(seconds=WARMUP + args.deliveries)),
+        }  # fmt: skip
+        figures: dict[str, Any] = {}
         with http_server(env, data_dir / "serve.log") as (base, pid):
-            asyncio.run(send_all(base, secret, warm, args.concurrency))
+            host, port = base.removeprefix("http://").rsplit(":", 1)
+            warmed = http_load.run(http_load.closed_loop(host, int(port), signed_requests(secret, warm), WARMUP,
+                                                         min(args.concurrency, WARMUP)))  # fmt: skip
+            check_outcomes(outcomes_of(warmed))
             wait_caught_up(base)
-            server_cpu, client_cpu = cpu_seconds(pid), cpu_seconds()
-            latencies, outcomes, wall = asyncio.run(send_all(base, secret, timed, args.concurrency))
-            server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, cpu_seconds() - client_cpu
-            catch_up = wait_caught_up(base)
-    kinds = Counter(d.kind for d in timed)
+            for phase, items in phases.items():
+                build = signed_requests(secret, items)
+                server_cpu, client_cpu = cpu_seconds(pid), cpu_seconds()
+                if phase == "open":
+                    load = http_load.open_loop(host, int(port), build, len(items), args.rate, args.connections)
+                else:
+                    load = http_load.closed_loop(host, int(port), build, len(items), args.concurrency)
+                result = http_load.run(load)
+                server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, cpu_seconds() - client_cpu
+                catch_up = wait_caught_up(base)
+                outcomes = outcomes_of(result)
+                check_outcomes(outcomes)
+                kinds = Counter(d.kind for d in items)
+                figures[phase] = {
+                    **({"offered_per_s": float(args.rate)} if phase == "open" else {}),
+                    "deliveries_per_s": len(items) / result.wall,
+                    **{f"latency_{k}": v for k, v in percentiles(result.latencies).items()},
+                    **({"late_sends": result.late_starts} if phase == "open" else {}),
+                    "recorded": outcomes["recorded"],
+                    "duplicates": outcomes["duplicate"],
+                    "duplicates_sent": kinds["duplicate"],
+                    "status_changes_sent": kinds["update"],
+                    "projection_catch_up_s": catch_up,
+                    "server_cpu_ms_per_delivery": server_cpu * 1000 / len(items),
+                    "client_cpu_ms_per_delivery": client_cpu * 1000 / len(items),
+                }
+    opened, closed = figures["open"], figures["closed"]
+    return {
+        **{f"open_{k}": v for k, v in opened.items()},
+        **{f"closed_{k}": v for k, v in closed.items()},
+        "target_met": bool(opened["latency_p99_ms"] < TARGET_P99_MS and args.rate >= TARGET_PER_S
+                           and closed["deliveries_per_s"] >= TARGET_PER_S),
+    }  # fmt: skip
+
+
+def check_outcomes(outcomes: Counter[str]) -> None:
     if set(outcomes) - {"recorded", "duplicate"}:
         raise RuntimeError(f"deliveries answered otherwise than recorded/duplicate: {dict(outcomes)}")
-    lat = percentiles(latencies)
-    return {
-        "deliveries_per_s": len(timed) / wall,
-        **{f"latency_{k}": v for k, v in lat.items()},
-        "recorded": outcomes["recorded"],
-        "duplicates": outcomes["duplicate"],
-        "duplicates_sent": kinds["duplicate"],
-        "status_changes_sent": kinds["update"],
-        "projection_catch_up_s": catch_up,
-        "server_cpu_ms_per_delivery": server_cpu * 1000 / len(timed),
-        "client_cpu_ms_per_delivery": client_cpu * 1000 / len(timed),
-    }
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench webhooks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--deliveries", type=int, default=5_000, help="timed deliveries (default 5,000)")
-    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
+    parser.add_argument("--deliveries", type=int, default=5_000, help="timed deliveries in each phase (default 5,000)")
+    parser.add_argument("--rate", type=float, default=float(TARGET_PER_S),
+                        help=f"open loop: deliveries sent per second (default {TARGET_PER_S:,})")
+    parser.add_argument("--connections", type=int, default=64,
+                        help="open loop: connections, so at most this many requests in flight (default 64)")
+    parser.add_argument("--concurrency", type=int, default=32, help="closed loop: requests in flight (default 32)")
     parser.add_argument("--customers", type=int, default=200, help="customers, one Zendesk organization each (default 200)")
     add_backend_args(parser, default="both")
     args = parser.parse_args(argv)
-    if args.deliveries < 1 or args.concurrency < 1 or args.customers < 1:
-        parser.error("--deliveries, --concurrency and --customers must be at least 1")
+    if min(args.deliveries, args.concurrency, args.connections, args.customers) < 1 or args.rate <= 0:
+        parser.error("--deliveries, --concurrency, --connections and --customers must be at least 1, --rate above 0")
     return args
 
 
@@ -298,10 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 url, where["postgres"] = stack.enter_context(postgres_database(args.database_url))
             figures[backend] = measure(url, args)
     params: dict[str, Any] = {
-        "deliveries": args.deliveries, "concurrency": args.concurrency, "customers": args.customers,
+        "deliveries": args.deliveries, "rate": args.rate, "connections": args.connections,
+        "concurrency": args.concurrency, "customers": args.customers,
         "warmup": WARMUP, "seed": SEED, "update_share": UPDATE_SHARE, "duplicate_share": DUPLICATE_SHARE,
-        "backends": list(backends), "transport": "cs serve --http (subprocess, uvicorn), httpx.AsyncClient",
-        **where, "target_deliveries_per_s": 1_000, "target_p99_ms": 50,
+        "backends": list(backends), "transport": "cs serve --http (subprocess, uvicorn), bench.http_load (raw HTTP/1.1 keep-alive)",
+        **where, "target_deliveries_per_s": TARGET_PER_S, "target_p99_ms": TARGET_P99_MS,
     }  # fmt: skip
     record("webhooks", figures, params)
     return 0

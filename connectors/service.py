@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from itertools import islice
 from typing import IO, Any
@@ -21,7 +21,7 @@ from connectors.matching import CustomerDirectory
 from events.application import CustomerSuccess
 from events.commands import CommandMeta
 from events.errors import InvalidInputError
-from events.ingest import BatchReport, Match, SignalBatch, UsageEvent
+from events.ingest import BatchReport, Match, SignalBatch, TicketSnapshot, UsageEvent
 from events.settings import Settings
 from events.signals import Connector, signal_id
 
@@ -258,6 +258,17 @@ class Ingestion:
     # ----------------------------------------------------------------- webhooks
     def webhook(self, vendor: str, headers: dict[str, str], body: bytes) -> WebhookOutcome:
         """Verify, parse, translate and record one delivery (duplicates are 200, recorded once)."""
+        prepared = self.prepare_webhook(vendor, headers, body)
+        if isinstance(prepared, WebhookOutcome):
+            return prepared
+        (outcome,) = self.commit_webhooks([prepared])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def prepare_webhook(self, vendor: str, headers: dict[str, str], body: bytes) -> WebhookOutcome | PreparedWebhook:
+        """Everything before the commit, with no database access: the signature (401 when bad
+        or stale), the JSON (400), the translation (400). An outcome here is final."""
         secrets = self.settings.vendor
         lowered = {k.lower(): v for k, v in headers.items()}
         if vendor == "zendesk":
@@ -282,21 +293,51 @@ class Ingestion:
             return WebhookOutcome(400, f"unexpected payload shape ({type(exc).__name__})")
         if fill is None:
             return WebhookOutcome(200, "ignored: no ticket or e-mail event in this delivery")
-        report = self._commit(vendor, "webhook", lowered.get("x-zendesk-webhook-id", "delivery"), fill, record_batch=False)
-        if report.rejected and not report.received - len(report.rejected):
-            return WebhookOutcome(400, "; ".join(f"{r['field']}: {r['reason']}" for r in report.rejected), report)
-        status = "duplicate" if report.recorded == 0 else "recorded"
-        if report.rejected:
-            status += f"; rejected {len(report.rejected)}: " + "; ".join(
-                f"{r['where']} {r['field']}: {r['reason']}" for r in report.rejected[:5])  # fmt: skip
-        return WebhookOutcome(200, status, report)
+        return PreparedWebhook(vendor, lowered.get("x-zendesk-webhook-id", "delivery"), *fill)
 
-    def _webhook_fill(self, vendor: str, payload: Any) -> Callable[[SignalBatch], None] | None:
+    def commit_webhooks(self, group: list[PreparedWebhook]) -> list[WebhookOutcome | Exception]:
+        """Record prepared deliveries of one vendor together: one batch, one transaction (one
+        fsync) for the group, each delivery answered with its own outcome. A delivery repeated
+        inside the group is a duplicate of the first, as it would be one after the other. On a
+        concurrent write the group is rebuilt and retried (as :meth:`_commit` does); on any other
+        error the deliveries are committed one by one, so an error is answered only to the
+        delivery that caused it."""
+        vendor = group[0].vendor
+        if len(group) > 1:
+            reports: list[BatchReport] = []
+
+            def fill_all(batch: SignalBatch) -> None:
+                reports.clear()
+                batch.preload_tickets(p.ticket for p in group)
+                for prepared in group:
+                    before = replace(batch.report, rejected=list(batch.report.rejected))
+                    prepared.fill(batch)
+                    reports.append(_report_since(before, batch.report))
+
+            try:
+                total = self._commit(vendor, "webhook", f"{len(group)} deliveries", fill_all, record_batch=False)
+            except Exception as exc:  # noqa: BLE001 - retried one by one below, each with its own answer
+                log.warning("webhook.group_failed", vendor=vendor, deliveries=len(group), error=type(exc).__name__)
+            else:
+                for report in reports:
+                    report.position = total.position if report.recorded else None
+                return [_webhook_outcome(report) for report in reports]
+        outcomes: list[WebhookOutcome | Exception] = []
+        for prepared in group:
+            try:
+                report = self._commit(vendor, "webhook", prepared.source_id, prepared.fill, record_batch=False)
+            except Exception as exc:  # noqa: BLE001 - answered to this delivery alone
+                outcomes.append(exc)
+            else:
+                outcomes.append(_webhook_outcome(report))
+        return outcomes
+
+    def _webhook_fill(self, vendor: str, payload: Any) -> tuple[Callable[[SignalBatch], None], TicketSnapshot | None] | None:
         if vendor == "sendgrid":
             # A bad event is rejected alone: failing the delivery would make SendGrid retry it and
             # finally drop the good events of the same batch.
             records = [(f"event {i + 1}", e) for i, e in enumerate(sendgrid.file_events(payload))]
-            return lambda batch: self._fill(vendor, batch, records)
+            return (lambda batch: self._fill(vendor, batch, records)), None
         translate = zendesk.translate_webhook if vendor == "zendesk" else intercom.translate_webhook
         matcher = zendesk.match_ticket if vendor == "zendesk" else intercom.match_conversation
         snap = translate(payload)
@@ -306,7 +347,36 @@ class Ingestion:
         def fill_ticket(batch: SignalBatch) -> None:
             batch.ticket(snap, matcher(self.directory, snap))
 
-        return fill_ticket
+        return fill_ticket, snap
+
+
+@dataclass(frozen=True)
+class PreparedWebhook:
+    """A verified, parsed and translated delivery, ready to be recorded."""
+
+    vendor: str
+    source_id: str
+    fill: Callable[[SignalBatch], None]
+    ticket: TicketSnapshot | None  # the ticket it records, for a ticket delivery
+
+
+def _report_since(before: BatchReport, after: BatchReport) -> BatchReport:
+    """What one delivery's fill added to a batch's report."""
+    return BatchReport(
+        received=after.received - before.received, recorded=after.recorded - before.recorded,
+        unchanged=after.unchanged - before.unchanged, duplicates=after.duplicates - before.duplicates,
+        unmatched=after.unmatched - before.unmatched, rejected=after.rejected[len(before.rejected):],
+    )  # fmt: skip
+
+
+def _webhook_outcome(report: BatchReport) -> WebhookOutcome:
+    if report.rejected and not report.received - len(report.rejected):
+        return WebhookOutcome(400, "; ".join(f"{r['field']}: {r['reason']}" for r in report.rejected), report)
+    status = "duplicate" if report.recorded == 0 else "recorded"
+    if report.rejected:
+        status += f"; rejected {len(report.rejected)}: " + "; ".join(
+            f"{r['where']} {r['field']}: {r['reason']}" for r in report.rejected[:5])  # fmt: skip
+    return WebhookOutcome(200, status, report)
 
 
 async def _numbered(lines: Any) -> Any:

@@ -29,11 +29,13 @@ INSTRUCTIONS = (
 
 
 def build_server(
-    settings: Settings, *, background: bool = True, on_open: Callable[[Services], None] | None = None
+    settings: Settings, *, background: bool = True, on_open: Callable[[Services], None] | None = None,
+    on_close: Callable[[], None] | None = None,
 ) -> MCPServer[Services]:
     """A server whose lifespan opens the services; with ``background`` it also polls for
     events written by other processes (``cs import``) and folds them into the views.
-    ``on_open`` hands the open services to HTTP routes that live beside the MCP endpoint."""
+    ``on_open`` hands the open services to HTTP routes that live beside the MCP endpoint;
+    ``on_close`` runs before the services close (the webhook receiver drains its queue)."""
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[Services]) -> AsyncIterator[Services]:
@@ -55,6 +57,8 @@ def build_server(
             finally:
                 if scheduler is not None:
                     scheduler.stop()
+                if on_close:
+                    await anyio.to_thread.run_sync(on_close)
 
     mcp: MCPServer[Services] = MCPServer(
         name="cs-backend", instructions=INSTRUCTIONS, version="0.1.0", lifespan=lifespan
