@@ -1,9 +1,9 @@
 """The Kafka publisher's sink: stored events -> topic ``cs.events`` (DESIGN §9, docs/events.md).
 
 :class:`KafkaSink` is the side effect of the ``kafka_publisher_v1`` relay
-(:class:`projections.relay.EventRelay`): it receives ``(notification, domain_event)`` pairs in
-log order, sends each as a versioned JSON envelope keyed by customer id with an ``event_id``
-header, flushes, and returns only when the broker acknowledged every one of them. Any failure
+(:class:`projections.relay.EventRelay`): it receives stored events (notifications) in log order,
+turns each into its record with ``encode`` (:class:`events.envelope.EnvelopeEncoder`: the
+versioned JSON envelope, keyed by customer id, with an ``event_id`` header), sends them, flushes, and returns only when the broker acknowledged every one of them. Any failure
 raises, so the relay keeps its checkpoint and re-sends the batch later (at-least-once;
 consumers dedupe on ``event_id``).
 
@@ -41,7 +41,7 @@ from typing import Any
 
 import structlog
 
-from events.envelope import customer_of, encode_envelope, envelope_key, to_envelope
+from events.envelope import Record
 
 log = structlog.get_logger(__name__)
 
@@ -96,15 +96,15 @@ class KafkaSink:
         self,
         bootstrap: str,
         topic: str,
+        encode: Callable[[Any], Record],
         *,
-        resolve_customer: Callable[[Any], str | None] = customer_of,
         client_id: str = "cs-publisher",
         flush_timeout: float = 30.0,
         **overrides: Any,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
-        self.resolve_customer = resolve_customer
+        self.encode = encode
         self.flush_timeout = flush_timeout
         self.config: dict[str, Any] = {**PRODUCER_CONFIG, "client_id": client_id, **overrides}
         self.idempotent: bool | None = None  # known once a producer exists
@@ -153,18 +153,12 @@ class KafkaSink:
             # with the hash cached per customer: the client's partitioner hashes again and sorts
             # the partition list for every record (about a fifth of its time per send).
             count = len(producer.partitions_for(self.topic))
+            send, topic, encode = producer.send, self.topic, self.encode
             futures = []
-            for notification, domain_event in batch:
-                envelope = to_envelope(notification, domain_event, self.resolve_customer)
-                key = envelope_key(envelope)
+            for notification in batch:
+                key, value, event_id = encode(notification)
                 futures.append(
-                    producer.send(
-                        self.topic,
-                        key=key,
-                        value=encode_envelope(envelope),
-                        headers=[("event_id", envelope["event_id"].encode())],
-                        partition=key_hash(key) % count,
-                    )
+                    send(topic, key=key, value=value, headers=[("event_id", event_id)], partition=key_hash(key) % count)
                 )
             producer.flush(timeout=self.flush_timeout)
             for future in futures:

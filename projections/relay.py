@@ -18,19 +18,17 @@ from projections.store import LogConsumer, ViewStore
 
 log = structlog.get_logger(__name__)
 
-Sink = Callable[[Sequence[tuple[Any, Any]]], None]
-"""Receives ``(notification, domain_event)`` pairs in log order; returns once they are durable
-on the other side, raises if they are not."""
+Sink = Callable[[Sequence[Any]], None]
+"""Receives stored events (the log's notifications: position, topic, originator, state) in log
+order; returns once they are durable on the other side, raises if they are not. A sink decodes
+what it needs itself (the Kafka sink reads the stored JSON without building domain events)."""
 
 
 class EventRelay(LogConsumer):
-    def __init__(
-        self, name: str, sink: Sink, store: ViewStore, recorder: Any, mapper: Any, *, batch_size: int = 1000
-    ) -> None:
+    def __init__(self, name: str, sink: Sink, store: ViewStore, recorder: Any, *, batch_size: int = 1000) -> None:
         super().__init__(name, store)
         self.sink = sink
         self.recorder = recorder
-        self.mapper = mapper
         self.batch_size = batch_size
         self.last_error: str | None = None
         self._retry_at = 0.0
@@ -45,7 +43,7 @@ class EventRelay(LogConsumer):
         batch = self.recorder.select_notifications(start=start, limit=self.batch_size, inclusive_of_start=False)
         if not batch:
             return 0
-        self.sink([(n, self.mapper.to_domain_event(n)) for n in batch])
+        self.sink(batch)
         with self.store.transaction() as tx:
             tx.move_checkpoint(self.name, start, batch[-1].id)
         return len(batch)
