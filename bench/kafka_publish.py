@@ -67,9 +67,10 @@ def write_events(svc: Services, count: int, tag: str) -> dict[int, float]:
 
 
 def drain(relay: EventRelay, head: int) -> None:
+    """Pump the relay as the engine's relay thread does (`cs serve`) until it reaches ``head``."""
     while relay.checkpoint() < head:
-        if relay.run_once() == 0:
-            raise RuntimeError(f"relay stopped at {relay.checkpoint()} before the head {head}")
+        if relay.pump() == 0:
+            raise RuntimeError(f"relay stopped at {relay.checkpoint()} before the head {head}: {relay.last_error}")
 
 
 def consume(bootstrap: str, topic: str, after: int, ready: Any, targets: Any, results: Any) -> None:
@@ -202,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "broker": kind,
         "backend": "sqlite",
         "relay_batch_size": 1000,
-        "producer_client": f"confluent-kafka {confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]})",
+        "producer_client": f"confluent-kafka {confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})",
         "relay_poll_interval_s": 0.5,
         "targets": {"publish_events_per_s": PUBLISH_TARGET_PER_S, "lag_s": LAG_TARGET_S},
     }

@@ -31,6 +31,9 @@ Producer settings (librdkafka names), and why:
 - librdkafka's own log lines go to structlog (``kafka.client``), not straight to stderr.
 - The producer is created on first use, and dropped and recreated after any failure (a broker
   that restarted may have forgotten the idempotent producer's id).
+- The relay prepares (encodes) batch N+1 while the broker acknowledges batch N, and hands it to
+  the producer only once N was confirmed (:class:`projections.relay.StagedSink`): what is sent,
+  and in which order, is what one batch at a time sends.
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ class KafkaSink:
         self.config: dict[str, Any] = {**PRODUCER_CONFIG, "client.id": client_id, **overrides}
         self.idempotent = bool(self.config.get("enable.idempotence"))
         self._producer: Any = None
+        self._failures: list[Any] = []  # delivery errors of what was sent since the last confirm
 
     # ----------------------------------------------------------------- producer
     def _new_producer(self) -> Any:
@@ -148,28 +152,47 @@ class KafkaSink:
                 producer.flush(0)
             except Exception as exc:  # dropping a broken producer: nothing more to do
                 log.debug("kafka.close_failed", error=str(exc))
+        self._failures = []  # the purged records' reports belong to the dropped producer
 
     # ---------------------------------------------------------------- the sink
+    # A StagedSink (projections.relay): the relay encodes batch N+1 while librdkafka and the
+    # broker acknowledge batch N, and sends N+1 only after N was confirmed.
     def __call__(self, batch: Sequence[Any]) -> None:
-        if not batch:
-            return
+        self.send(self.prepare(batch))
+        self.confirm()
+
+    def prepare(self, batch: Sequence[Any]) -> list[Record]:
+        """The records of a batch (encoding only: nothing is sent)."""
+        encode = self.encode
+        return [encode(notification) for notification in batch]
+
+    def send(self, records: Sequence[Record]) -> None:
+        """Queue the records in the producer (librdkafka sends them from its own threads)."""
         try:
             producer = self.producer()
-            failures: list[Any] = []
+            failures = self._failures
 
             def delivered(error: Any, _message: Any) -> None:  # on this thread, from poll/flush
                 if error is not None:
                     failures.append(error)
 
-            produce, topic, encode = producer.produce, self.topic, self.encode
-            for notification in batch:
-                key, value, event_id = encode(notification)
+            produce, topic = producer.produce, self.topic
+            for key, value, event_id in records:
                 try:
                     produce(topic, value, key, headers=[("event_id", event_id)], on_delivery=delivered)
                 except BufferError:  # the client's queue is full: let deliveries drain it, then retry once
                     producer.flush(self.flush_timeout)
                     produce(topic, value, key, headers=[("event_id", event_id)], on_delivery=delivered)
-            left = producer.flush(self.flush_timeout)
+        except Exception:
+            self._discard()
+            raise
+
+    def confirm(self) -> None:
+        """Return once the broker acknowledged every record sent; raise if any was not."""
+        producer, failures = self._producer, self._failures
+        self._failures = []
+        try:
+            left = producer.flush(self.flush_timeout) if producer is not None else 0
             if left:
                 raise KafkaPublishError(f"{left} records not acknowledged within {self.flush_timeout:.0f}s")
             if failures:
