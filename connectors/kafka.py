@@ -28,6 +28,9 @@ Producer settings (librdkafka names), and why:
 - ``socket.connection.setup.timeout.ms`` / ``request.timeout.ms`` 5 s, ``message.timeout.ms``
   10 s: a down broker fails a batch within 5-10 s instead of the defaults' minutes, and the
   relay backs off (writes never wait for any of this: the relay runs in its own thread).
+- ``delivery.report.only.error``: librdkafka reports failed deliveries only (a Python call
+  per failure, not per record); a flush that returns with nothing left and no failure
+  reported means every record was acknowledged.
 - librdkafka's own log lines go to structlog (``kafka.client``), not straight to stderr.
 - The producer is created on first use, and dropped and recreated after any failure (a broker
   that restarted may have forgotten the idempotent producer's id).
@@ -61,6 +64,7 @@ PRODUCER_CONFIG: dict[str, Any] = {
     "retry.backoff.ms": 100,
     "reconnect.backoff.ms": 50,
     "reconnect.backoff.max.ms": 1_000,
+    "delivery.report.only.error": True,
     "log.connection.close": False,
 }
 BOOTSTRAP_TIMEOUT_S = 5.0
@@ -121,7 +125,7 @@ class KafkaSink:
         self.config: dict[str, Any] = {**PRODUCER_CONFIG, "client.id": client_id, **overrides}
         self.idempotent = bool(self.config.get("enable.idempotence"))
         self._producer: Any = None
-        self._failures: list[Any] = []  # delivery errors of what was sent since the last confirm
+        self._failures: list[Any] = []  # the current producer's failed deliveries
 
     # ----------------------------------------------------------------- producer
     def _new_producer(self) -> Any:
@@ -129,7 +133,13 @@ class KafkaSink:
 
         servers = [s.strip() for s in self.bootstrap.split(",") if s.strip()]
         _reachable(servers, BOOTSTRAP_TIMEOUT_S)
-        producer = Producer({**self.config, "bootstrap.servers": ",".join(servers), "logger": _ClientLog()})
+        failures = self._failures = []  # this producer's failed deliveries
+
+        def failed(error: Any, _message: Any) -> None:  # on this thread, from flush
+            failures.append(error)
+
+        producer = Producer({**self.config, "bootstrap.servers": ",".join(servers), "logger": _ClientLog(),
+                             "on_delivery": failed})  # fmt: skip
         try:  # the topic's metadata (created on first use by the broker): fails within the timeout
             topic = producer.list_topics(self.topic, timeout=BOOTSTRAP_TIMEOUT_S).topics[self.topic]
         except KafkaException as exc:
@@ -170,19 +180,13 @@ class KafkaSink:
         """Queue the records in the producer (librdkafka sends them from its own threads)."""
         try:
             producer = self.producer()
-            failures = self._failures
-
-            def delivered(error: Any, _message: Any) -> None:  # on this thread, from poll/flush
-                if error is not None:
-                    failures.append(error)
-
             produce, topic = producer.produce, self.topic
             for key, value, event_id in records:
                 try:
-                    produce(topic, value, key, headers=[("event_id", event_id)], on_delivery=delivered)
+                    produce(topic, value, key, headers=[("event_id", event_id)])
                 except BufferError:  # the client's queue is full: let deliveries drain it, then retry once
                     producer.flush(self.flush_timeout)
-                    produce(topic, value, key, headers=[("event_id", event_id)], on_delivery=delivered)
+                    produce(topic, value, key, headers=[("event_id", event_id)])
         except Exception:
             self._discard()
             raise
@@ -190,12 +194,11 @@ class KafkaSink:
     def confirm(self) -> None:
         """Return once the broker acknowledged every record sent; raise if any was not."""
         producer, failures = self._producer, self._failures
-        self._failures = []
         try:
             left = producer.flush(self.flush_timeout) if producer is not None else 0
             if left:
                 raise KafkaPublishError(f"{left} records not acknowledged within {self.flush_timeout:.0f}s")
-            if failures:
+            if failures:  # a failure drops the producer (below), and its list with it
                 raise KafkaPublishError(f"{len(failures)} records failed: {failures[0]}")
         except Exception:
             self._discard()

@@ -290,10 +290,12 @@ class EnvelopeEncoder:
     def fast_record(self, notification: Any) -> Record | None:
         """The record read straight from the stored JSON, or None when this event needs the
         reference path (see the class)."""
-        kind = self._kind(notification.topic) if self.fast else None
+        kind = self._kinds.get(notification.topic, UNKNOWN)
+        if kind is UNKNOWN:
+            kind = self._kind(notification.topic)
         originator_id = notification.originator_id
         raw = notification.state
-        if kind is None or type(originator_id) is not UUID or _LONG_NUMBER in raw.translate(_DIGITS_ONLY):
+        if kind is None or not self.fast or type(originator_id) is not UUID or _LONG_NUMBER in raw.translate(_DIGITS_ONLY):
             return None
         try:
             state = orjson.loads(raw)
@@ -302,7 +304,11 @@ class EnvelopeEncoder:
             occurred_at = _stored_time(occurred) if occurred else recorded_at
             if "class_version" in state:
                 raise _NotFast
-            meta = {k: v if type(v := state.get(k)) is str else _from_stored(v) for k in _META}
+            actor, source, source_id = state.get("actor"), state.get("source"), state.get("source_id")
+            if type(actor) is str and type(source) is str and type(source_id) is str:  # the common case
+                meta = {"actor": actor, "source": source, "source_id": source_id}
+            else:
+                meta = {k: _from_stored(state.get(k)) for k in _META}
             data = {k: v for k, v in state.items() if k not in _NOT_DATA}
             # "_type_" appears in JSON only as a key or a value of its own (quotes inside strings
             # are escaped): beyond the two times above, a transcoded value may be in the data.
@@ -319,15 +325,17 @@ class EnvelopeEncoder:
             if own is not UNKNOWN and own is not None and type(own) is not str:
                 return None  # str(value) of something else: the reference path says what it is
             customer = self.resolver.given(originator_id, own)
-        envelope = {
-            "schema_version": SCHEMA_VERSION,
-            "event_id": event_id,
-            "type": name,
-            "customer_id": customer,
-            "occurred_at": occurred_at,
-            "recorded_at": recorded_at,
-            "position": int(notification.id),
-            "meta": meta,
-            "data": data,
-        }
-        return (customer or event_id).encode(), orjson.dumps(envelope), event_id.encode()
+        value = orjson.dumps(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "event_id": event_id,
+                "type": name,
+                "customer_id": customer,
+                "occurred_at": occurred_at,
+                "recorded_at": recorded_at,
+                "position": int(notification.id),
+                "meta": meta,
+                "data": data,
+            }
+        )
+        return (customer or event_id).encode(), value, event_id.encode()

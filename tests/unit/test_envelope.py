@@ -201,6 +201,7 @@ def encoders(mapper: Mapper[UUID]) -> tuple[EnvelopeEncoder, EnvelopeEncoder]:
         {"customer_id": None, "nested": {"ids": [uuid4(), {"at": WHEN, "n": [1, 2.5, True, None]}], "_type_": "x",
                                          "k": "v"}, "big": 10**18 - 1, "neg": -(10**18 - 1)},  # fmt: skip
         {"customer_id": None, "text": 'quote " "_type_" back\\slash é 😀 \u2028', "empty": {}, "list": []},
+        {"customer_id": None, "source_id": uuid4(), "actor": None},  # meta that is not all strings
         {"customer_id": None, "occurred_at": None},  # no occurred_at: recorded_at stands in
         {"customer_id": None, "occurred_at": WHEN.replace(microsecond=0, tzinfo=None)},
     ],
