@@ -83,7 +83,9 @@ class EventRelay(LogConsumer):
         """Forward up to ``max_batches`` full batches (and a last partial one) after the
         checkpoint: batch N+1 is read and prepared while ``sink.confirm()`` waits for N, sent only
         once N is confirmed and checkpointed. A failure leaves the checkpoint after the last
-        confirmed batch; the prepared one is dropped."""
+        confirmed batch; the prepared one is dropped. A batch that cannot be prepared (a
+        poison event) fails only after the one before it was confirmed, so retrying it never
+        sends that one again."""
         start = self.checkpoint()
         batch = self._read(start)
         sent = 0
@@ -92,10 +94,16 @@ class EventRelay(LogConsumer):
         while batch:
             full = len(batch) == self.batch_size and sent // self.batch_size + 1 < max_batches
             following = self._read(batch[-1].id) if full else ()
-            prepared = sink.prepare(following) if following else None
+            unprepared: Exception | None = None
+            try:
+                prepared = sink.prepare(following) if following else None
+            except Exception as exc:  # raised once the batch in flight is confirmed
+                unprepared = exc
             sink.confirm()
             self._confirmed(start, batch)
             sent += len(batch)
+            if unprepared is not None:
+                raise unprepared
             start, batch = batch[-1].id, following
             if batch:
                 sink.send(prepared)

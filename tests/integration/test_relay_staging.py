@@ -20,9 +20,10 @@ class RecordingSink:
     """Keeps every position it was sent; notes each step with the relay's checkpoint at that time;
     its ``fail_confirm``-th confirmation raises (as a broker that did not acknowledge)."""
 
-    def __init__(self, relay_checkpoint: Any, fail_confirm: int | None = None) -> None:
+    def __init__(self, relay_checkpoint: Any, fail_confirm: int | None = None, poison: int | None = None) -> None:
         self.relay_checkpoint = relay_checkpoint
         self.fail_confirm = fail_confirm
+        self.poison = poison  # a position whose event cannot be encoded
         self.steps: list[tuple[str, int, int]] = []  # (step, first position of the batch or -1, checkpoint)
         self.in_flight: list[int] = []
         self.delivered: list[int] = []
@@ -35,6 +36,8 @@ class RecordingSink:
     def prepare(self, batch: Sequence[Any]) -> list[int]:
         positions = [n.id for n in batch]
         self.steps.append(("prepare", positions[0], self.relay_checkpoint()))
+        if self.poison in positions:
+            raise TypeError(f"cannot encode the event at {self.poison}")
         return positions
 
     def send(self, prepared: list[int]) -> None:
@@ -51,9 +54,9 @@ class RecordingSink:
         self.in_flight = []
 
 
-def relay_with(services: Services, fail_confirm: int | None = None) -> tuple[EventRelay, RecordingSink]:
+def relay_with(services: Services, **failures: int) -> tuple[EventRelay, RecordingSink]:
     relay = EventRelay("test_relay_v1", lambda batch: None, services.store, services.app.recorder, batch_size=10)
-    sink = RecordingSink(relay.checkpoint, fail_confirm)
+    sink = RecordingSink(relay.checkpoint, **failures)
     relay.sink = sink
     relay.setup()
     assert relay.try_own()
@@ -102,3 +105,22 @@ def test_a_failed_confirmation_keeps_the_checkpoint_and_sends_nothing_after_it(s
     assert resumed == head - 20 and relay.last_error is None
     assert relay.checkpoint() == head
     assert sink.delivered == list(range(1, 21)) + list(range(21, head + 1))  # resumed at 21, each once
+
+
+def test_a_poison_event_fails_after_the_batch_before_it_was_confirmed(services: Services) -> None:
+    write_events(services, 50)
+    relay, sink = relay_with(services, poison=25)
+    assert relay.pump() == 0
+    assert relay.last_error == "TypeError: cannot encode the event at 25"
+    assert relay.checkpoint() == 20  # 11..20 was in flight when 21..30 failed to encode: confirmed first
+    assert sink.steps[-3:] == [("send", 11, 10), ("prepare", 21, 10), ("confirm", -1, 10)]
+    assert sink.delivered == list(range(1, 21))
+
+    steps = len(sink.steps)
+    deadline = time.monotonic() + 10  # after the back-off the relay tries 21.. again, and only that
+    while len(sink.steps) == steps:
+        assert time.monotonic() < deadline, "the relay did not retry after its back-off"
+        relay.pump()
+        time.sleep(0.05)
+    assert sink.steps[steps:] == [("prepare", 21, 20)]
+    assert relay.checkpoint() == 20 and sink.delivered == list(range(1, 21))  # nothing sent twice
