@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import confluent_kafka
+import kafka
 
 from bench.runner import percentiles, record
 from events.commands import CommandMeta
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "broker": kind,
         "backend": "sqlite",
         "relay_batch_size": 1000,
-        "producer_client": f"confluent-kafka {confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})",
+        "producer_client": f"kafka-python {kafka.__version__}",
         "relay_poll_interval_s": 0.5,
         "targets": {"publish_events_per_s": PUBLISH_TARGET_PER_S, "lag_s": LAG_TARGET_S},
     }

@@ -3,46 +3,44 @@
 :class:`KafkaSink` is the side effect of the ``kafka_publisher_v1`` relay
 (:class:`projections.relay.EventRelay`): it receives stored events (notifications) in log order,
 turns each into its record with ``encode`` (:class:`events.envelope.EnvelopeEncoder`: the
-versioned JSON envelope, keyed by customer id, with an ``event_id`` header), hands them to the
-producer, flushes, and returns only when the broker acknowledged every one of them. Any failure
-raises, so the relay keeps its checkpoint and re-sends the batch later (at-least-once;
-consumers dedupe on ``event_id``).
+versioned JSON envelope, keyed by customer id, with an ``event_id`` header), sends them,
+flushes, and returns only when the broker acknowledged every one of them. Any failure raises, so
+the relay keeps its checkpoint and re-sends the batch later (at-least-once; consumers dedupe on
+``event_id``).
 
-The producer is confluent-kafka (librdkafka): queueing a record costs about 1 µs of Python
-time and batching, checksums, the network and acknowledgements run in librdkafka's own
-threads, outside the GIL. With kafka-python every ``send`` cost 15-20 µs of Python (record
-encoding, size estimate, futures) on the relay's thread, about 60% of the publisher's time per
-event once envelopes were read straight from the stored JSON (bench/README.md, kafka_publish).
+Producer settings, and why:
 
-Producer settings (librdkafka names), and why:
+- ``acks="all"``: a record counts as published only once every in-sync replica has it.
+- idempotence left at kafka-python's default (on) and used when the broker supports it (Kafka
+  >= 0.11, Tansu): broker-side retries then add no duplicates and keep order with 5 requests in
+  flight. When the client reports it disabled, the producer is rebuilt with one request in
+  flight so a retried batch can never overtake a later one (order per customer).
+- ``max_block_ms`` / ``bootstrap_timeout_ms`` 5 s, ``request_timeout_ms`` 5 s,
+  ``delivery_timeout_ms`` 10 s, ``retries`` 5: a down broker fails a batch within 5-10 s instead
+  of the defaults' minute or more, and the relay backs off (writes never wait for any of this:
+  the relay runs in its own thread).
+- ``linger_ms`` 100 and ``batch_size`` 1 MiB (under Kafka's default ``message.max.bytes``): the
+  records of a relay batch (up to 1,000 events) accumulate while they are appended and leave in
+  a few large produce requests when :meth:`KafkaSink.confirm` flushes, which the relay does
+  right after, so the linger never delays a batch; the client's sender thread mostly idles
+  meanwhile instead of competing for the GIL with the encoding (about 20% more events/s than
+  linger 5 ms).
+- The producer is created on first use, and closed and recreated after any failure (a broker
+  that restarted may have forgotten the producer id).
+- The relay prepares (encodes) batch N+1 while batch N is being acknowledged, and sends N+1
+  only once N was confirmed (:class:`projections.relay.StagedSink`): what is sent, and in which
+  order, is what one batch at a time sends.
 
-- ``acks=all``: a record counts as published only once every in-sync replica has it.
-- ``enable.idempotence``: broker-side retries add no duplicates and keep order per partition
-  with up to 5 requests in flight (librdkafka enforces the matching ``max.in.flight`` and
-  ``retries``). Brokers since Kafka 0.11 (and Tansu) support it.
-- ``partitioner=murmur2_random``: murmur2 of the key modulo the partition count, the Java
-  client's default partitioner, as docs/events.md promises (every record has a key).
-- ``linger.ms`` 50 and ``batch.size`` 1 MiB (under Kafka's default ``message.max.bytes``): the
-  records of a relay batch (up to 1,000 events) leave in a few large produce requests; the
-  relay flushes each batch right away, so the linger never delays one.
-- ``socket.connection.setup.timeout.ms`` / ``request.timeout.ms`` 5 s, ``message.timeout.ms``
-  10 s: a down broker fails a batch within 5-10 s instead of the defaults' minutes, and the
-  relay backs off (writes never wait for any of this: the relay runs in its own thread).
-- ``delivery.report.only.error``: librdkafka reports failed deliveries only (a Python call
-  per failure, not per record); a flush that returns with nothing left and no failure
-  reported means every record was acknowledged.
-- librdkafka's own log lines go to structlog (``kafka.client``), not straight to stderr.
-- The producer is created on first use, and dropped and recreated after any failure (a broker
-  that restarted may have forgotten the idempotent producer's id).
-- The relay prepares (encodes) batch N+1 while the broker acknowledges batch N, and hands it to
-  the producer only once N was confirmed (:class:`projections.relay.StagedSink`): what is sent,
-  and in which order, is what one batch at a time sends.
+Throughput needs the ``crc32c`` package (kafka-python's native CRC-32C for record batches):
+without it the client checksums every batch in pure Python and publishing is about 4x slower.
+A missing ``crc32c`` is logged as ``kafka.slow_crc32c`` when the producer starts.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any
 
 import structlog
@@ -53,21 +51,25 @@ log = structlog.get_logger(__name__)
 
 PRODUCER_CONFIG: dict[str, Any] = {
     "acks": "all",
-    "enable.idempotence": True,
-    "partitioner": "murmur2_random",
-    "linger.ms": 50,
-    "batch.size": 1024 * 1024,
-    "compression.type": "none",
-    "socket.connection.setup.timeout.ms": 5_000,
-    "request.timeout.ms": 5_000,
-    "message.timeout.ms": 10_000,
-    "retry.backoff.ms": 100,
-    "reconnect.backoff.ms": 50,
-    "reconnect.backoff.max.ms": 1_000,
-    "delivery.report.only.error": True,
-    "log.connection.close": False,
+    "linger_ms": 100,
+    "batch_size": 1024 * 1024,
+    "max_block_ms": 5_000,
+    "bootstrap_timeout_ms": 5_000,
+    "request_timeout_ms": 5_000,
+    "delivery_timeout_ms": 10_000,
+    "retries": 5,
+    "retry_backoff_ms": 100,
+    "reconnect_backoff_ms": 50,
+    "reconnect_backoff_max_ms": 1_000,
 }
-BOOTSTRAP_TIMEOUT_S = 5.0
+
+
+@lru_cache(maxsize=65_536)
+def key_hash(key: bytes) -> int:
+    """Kafka's default partitioner hash (murmur2, positive), as the Java and Python clients compute it."""
+    from kafka.partitioner.default import murmur2
+
+    return murmur2(key) & 0x7FFFFFFF
 
 
 class KafkaPublishError(RuntimeError):
@@ -76,7 +78,8 @@ class KafkaPublishError(RuntimeError):
 
 def _reachable(servers: Sequence[str], timeout: float) -> None:
     """Raise unless one bootstrap server accepts a TCP connection. A refused connection fails at
-    once here, where the client would retry in the background until its timeouts."""
+    once here, where kafka-python would retry until its bootstrap timeout and then leak the
+    sockets of the producer it could not finish building."""
     errors = []
     for server in servers:
         host, sep, port = server.rpartition(":")
@@ -88,21 +91,6 @@ def _reachable(servers: Sequence[str], timeout: float) -> None:
         except (OSError, ValueError) as exc:
             errors.append(f"{server}: {exc}")
     raise KafkaPublishError("no Kafka bootstrap server reachable: " + "; ".join(errors))
-
-
-class _ClientLog:
-    """librdkafka's log lines (syslog levels, delivered on the relay's thread by poll/flush) to structlog."""
-
-    def log(self, level: int, fmt: str, *args: Any) -> None:
-        message = fmt % args if args else fmt
-        if level <= 3:
-            log.error("kafka.client", message=message)
-        elif level == 4:
-            log.warning("kafka.client", message=message)
-        elif level <= 6:
-            log.info("kafka.client", message=message)
-        else:
-            log.debug("kafka.client", message=message)
 
 
 class KafkaSink:
@@ -122,30 +110,28 @@ class KafkaSink:
         self.topic = topic
         self.encode = encode
         self.flush_timeout = flush_timeout
-        self.config: dict[str, Any] = {**PRODUCER_CONFIG, "client.id": client_id, **overrides}
-        self.idempotent = bool(self.config.get("enable.idempotence"))
+        self.config: dict[str, Any] = {**PRODUCER_CONFIG, "client_id": client_id, **overrides}
+        self.idempotent: bool | None = None  # known once a producer exists
         self._producer: Any = None
-        self._failures: list[Any] = []  # the current producer's failed deliveries
+        self._futures: list[Any] = []  # of the records sent since the last confirm
 
     # ----------------------------------------------------------------- producer
     def _new_producer(self) -> Any:
-        from confluent_kafka import KafkaException, Producer  # imported here: only a configured publisher needs it
+        from kafka import KafkaProducer  # imported here: only a configured publisher needs it
+        from kafka.record import util as record_util
+
+        if getattr(record_util, "crc32c_c", None) is None and self.idempotent is None:  # once
+            log.warning("kafka.slow_crc32c", fix="pip install crc32c (about 4x faster publishing)")
 
         servers = [s.strip() for s in self.bootstrap.split(",") if s.strip()]
-        _reachable(servers, BOOTSTRAP_TIMEOUT_S)
-        failures = self._failures = []  # this producer's failed deliveries
-
-        def failed(error: Any, _message: Any) -> None:  # on this thread, from flush
-            failures.append(error)
-
-        producer = Producer({**self.config, "bootstrap.servers": ",".join(servers), "logger": _ClientLog(),
-                             "on_delivery": failed})  # fmt: skip
-        try:  # the topic's metadata (created on first use by the broker): fails within the timeout
-            topic = producer.list_topics(self.topic, timeout=BOOTSTRAP_TIMEOUT_S).topics[self.topic]
-        except KafkaException as exc:
-            raise KafkaPublishError(f"no metadata for {self.topic}: {exc}") from exc
-        if topic.error is not None and topic.error.retriable() is False:
-            raise KafkaPublishError(f"topic {self.topic}: {topic.error}")
+        _reachable(servers, self.config["bootstrap_timeout_ms"] / 1000)
+        producer = KafkaProducer(bootstrap_servers=servers, **self.config)
+        self.idempotent = bool(producer.config["enable_idempotence"])
+        if not self.idempotent and self.config.get("max_in_flight_requests_per_connection", 5) > 1:
+            # No idempotence on this broker: one request in flight keeps retried batches in order.
+            producer.close(timeout=1)
+            self.config["max_in_flight_requests_per_connection"] = 1
+            producer = KafkaProducer(bootstrap_servers=servers, **self.config)
         log.info("kafka.producer_ready", bootstrap=self.bootstrap, topic=self.topic, idempotent=self.idempotent)
         return producer
 
@@ -156,17 +142,16 @@ class KafkaSink:
 
     def _discard(self) -> None:
         producer, self._producer = self._producer, None
+        self._futures = []
         if producer is not None:
             try:
-                producer.purge()  # what is still queued will be sent again by the relay
-                producer.flush(0)
-            except Exception as exc:  # dropping a broken producer: nothing more to do
+                producer.close(timeout=1)
+            except Exception as exc:  # closing a broken producer: nothing more to do
                 log.debug("kafka.close_failed", error=str(exc))
-        self._failures = []  # the purged records' reports belong to the dropped producer
 
     # ---------------------------------------------------------------- the sink
-    # A StagedSink (projections.relay): the relay encodes batch N+1 while librdkafka and the
-    # broker acknowledge batch N, and sends N+1 only after N was confirmed.
+    # A StagedSink (projections.relay): the relay encodes batch N+1 while batch N is being
+    # acknowledged, and sends N+1 only after N was confirmed.
     def __call__(self, batch: Sequence[Any]) -> None:
         self.send(self.prepare(batch))
         self.confirm()
@@ -177,36 +162,36 @@ class KafkaSink:
         return [encode(notification) for notification in batch]
 
     def send(self, records: Sequence[Record]) -> None:
-        """Queue the records in the producer (librdkafka sends them from its own threads)."""
+        """Append the records to the producer's batches (sent by its sender thread)."""
         try:
             producer = self.producer()
-            produce, topic = producer.produce, self.topic
+            # The partition is chosen here as the default partitioner would (murmur2 of the key),
+            # with the hash cached per customer: the client's partitioner hashes again and sorts
+            # the partition list for every record (about a fifth of its time per send).
+            count = len(producer.partitions_for(self.topic))
+            send, topic, futures = producer.send, self.topic, self._futures
             for key, value, event_id in records:
-                try:
-                    produce(topic, value, key, headers=[("event_id", event_id)])
-                except BufferError:  # the client's queue is full: let deliveries drain it, then retry once
-                    producer.flush(self.flush_timeout)
-                    produce(topic, value, key, headers=[("event_id", event_id)])
+                futures.append(
+                    send(topic, key=key, value=value, headers=[("event_id", event_id)], partition=key_hash(key) % count)
+                )
         except Exception:
             self._discard()
             raise
 
     def confirm(self) -> None:
         """Return once the broker acknowledged every record sent; raise if any was not."""
-        producer, failures = self._producer, self._failures
+        futures, self._futures = self._futures, []
         try:
-            left = producer.flush(self.flush_timeout) if producer is not None else 0
-            if left:
-                raise KafkaPublishError(f"{left} records not acknowledged within {self.flush_timeout:.0f}s")
-            if failures:  # a failure drops the producer (below), and its list with it
-                raise KafkaPublishError(f"{len(failures)} records failed: {failures[0]}")
+            if self._producer is not None:
+                self._producer.flush(timeout=self.flush_timeout)
+            for future in futures:
+                if not future.is_done:
+                    raise KafkaPublishError(f"no acknowledgement within {self.flush_timeout:.0f}s")
+                if future.failed():
+                    raise KafkaPublishError(f"{type(future.exception).__name__}: {future.exception}")
         except Exception:
             self._discard()
             raise
 
     def close(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            left = producer.flush(1)  # normally nothing: every batch was flushed
-            if left:
-                log.warning("kafka.close_unflushed", records=left)
+        self._discard()

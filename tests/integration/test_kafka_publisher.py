@@ -224,11 +224,11 @@ def test_every_event_arrives_once_in_order_per_customer(tmp_path: Path, broker: 
 
 
 def test_many_batches_arrive_once_in_order_on_the_murmur2_partition(tmp_path: Path, broker: KafkaBroker) -> None:
-    """The producer's settings (librdkafka batching, linger, idempotence, its murmur2 partitioner)
-    over many relay batches: every event once, each customer on murmur2(key) % partitions (the
-    Java client's default partitioner, computed here by kafka-python's implementation), and in
-    log order there. Pumped as the engine's relay thread does (the next batch encoded while the
-    broker acknowledges the previous one)."""
+    """The producer's settings (batching, linger, idempotence, the partition chosen from the
+    cached murmur2 hash) over many relay batches: every event once, each customer on
+    murmur2(key) % partitions (the Java client's default partitioner, computed here by
+    kafka-python's own implementation), and in log order there. Pumped as the engine's relay
+    thread does (the next batch encoded while the previous one is acknowledged)."""
     from kafka.partitioner.default import murmur2
 
     settings = kafka_settings(tmp_path, broker.bootstrap)
