@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import kafka
+
 from bench.runner import percentiles, record
 from events.commands import CommandMeta
 from events.settings import Settings
@@ -65,9 +67,10 @@ def write_events(svc: Services, count: int, tag: str) -> dict[int, float]:
 
 
 def drain(relay: EventRelay, head: int) -> None:
+    """Pump the relay as the engine's relay thread does (`cs serve`) until it reaches ``head``."""
     while relay.checkpoint() < head:
-        if relay.run_once() == 0:
-            raise RuntimeError(f"relay stopped at {relay.checkpoint()} before the head {head}")
+        if relay.pump() == 0:
+            raise RuntimeError(f"relay stopped at {relay.checkpoint()} before the head {head}: {relay.last_error}")
 
 
 def consume(bootstrap: str, topic: str, after: int, ready: Any, targets: Any, results: Any) -> None:
@@ -200,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "broker": kind,
         "backend": "sqlite",
         "relay_batch_size": 1000,
+        "producer_client": f"kafka-python {kafka.__version__}",
         "relay_poll_interval_s": 0.5,
         "targets": {"publish_events_per_s": PUBLISH_TARGET_PER_S, "lag_s": LAG_TARGET_S},
     }

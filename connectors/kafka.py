@@ -1,11 +1,12 @@
 """The Kafka publisher's sink: stored events -> topic ``cs.events`` (DESIGN §9, docs/events.md).
 
 :class:`KafkaSink` is the side effect of the ``kafka_publisher_v1`` relay
-(:class:`projections.relay.EventRelay`): it receives ``(notification, domain_event)`` pairs in
-log order, sends each as a versioned JSON envelope keyed by customer id with an ``event_id``
-header, flushes, and returns only when the broker acknowledged every one of them. Any failure
-raises, so the relay keeps its checkpoint and re-sends the batch later (at-least-once;
-consumers dedupe on ``event_id``).
+(:class:`projections.relay.EventRelay`): it receives stored events (notifications) in log order,
+turns each into its record with ``encode`` (:class:`events.envelope.EnvelopeEncoder`: the
+versioned JSON envelope, keyed by customer id, with an ``event_id`` header), sends them,
+flushes, and returns only when the broker acknowledged every one of them. Any failure raises, so
+the relay keeps its checkpoint and re-sends the batch later (at-least-once; consumers dedupe on
+``event_id``).
 
 Producer settings, and why:
 
@@ -19,13 +20,16 @@ Producer settings, and why:
   of the defaults' minute or more, and the relay backs off (writes never wait for any of this:
   the relay runs in its own thread).
 - ``linger_ms`` 100 and ``batch_size`` 1 MiB (under Kafka's default ``message.max.bytes``): the
-  records of a relay batch (up to 1,000 events) accumulate while they are encoded and leave in
-  a few large produce requests when :meth:`KafkaSink.__call__` flushes, which it always does
-  right away, so the linger never delays a batch; the client's sender thread mostly idles
+  records of a relay batch (up to 1,000 events) accumulate while they are appended and leave in
+  a few large produce requests when :meth:`KafkaSink.confirm` flushes, which the relay does
+  right after, so the linger never delays a batch; the client's sender thread mostly idles
   meanwhile instead of competing for the GIL with the encoding (about 20% more events/s than
   linger 5 ms).
 - The producer is created on first use, and closed and recreated after any failure (a broker
   that restarted may have forgotten the producer id).
+- The relay prepares (encodes) batch N+1 while batch N is being acknowledged, and sends N+1
+  only once N was confirmed (:class:`projections.relay.StagedSink`): what is sent, and in which
+  order, is what one batch at a time sends.
 
 Throughput needs the ``crc32c`` package (kafka-python's native CRC-32C for record batches):
 without it the client checksums every batch in pure Python and publishing is about 4x slower.
@@ -41,7 +45,7 @@ from typing import Any
 
 import structlog
 
-from events.envelope import customer_of, encode_envelope, envelope_key, to_envelope
+from events.envelope import Record
 
 log = structlog.get_logger(__name__)
 
@@ -96,19 +100,20 @@ class KafkaSink:
         self,
         bootstrap: str,
         topic: str,
+        encode: Callable[[Any], Record],
         *,
-        resolve_customer: Callable[[Any], str | None] = customer_of,
         client_id: str = "cs-publisher",
         flush_timeout: float = 30.0,
         **overrides: Any,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
-        self.resolve_customer = resolve_customer
+        self.encode = encode
         self.flush_timeout = flush_timeout
         self.config: dict[str, Any] = {**PRODUCER_CONFIG, "client_id": client_id, **overrides}
         self.idempotent: bool | None = None  # known once a producer exists
         self._producer: Any = None
+        self._futures: list[Any] = []  # of the records sent since the last confirm
 
     # ----------------------------------------------------------------- producer
     def _new_producer(self) -> Any:
@@ -137,6 +142,7 @@ class KafkaSink:
 
     def _discard(self) -> None:
         producer, self._producer = self._producer, None
+        self._futures = []
         if producer is not None:
             try:
                 producer.close(timeout=1)
@@ -144,29 +150,40 @@ class KafkaSink:
                 log.debug("kafka.close_failed", error=str(exc))
 
     # ---------------------------------------------------------------- the sink
-    def __call__(self, batch: Sequence[tuple[Any, Any]]) -> None:
-        if not batch:
-            return
+    # A StagedSink (projections.relay): the relay encodes batch N+1 while batch N is being
+    # acknowledged, and sends N+1 only after N was confirmed.
+    def __call__(self, batch: Sequence[Any]) -> None:
+        self.send(self.prepare(batch))
+        self.confirm()
+
+    def prepare(self, batch: Sequence[Any]) -> list[Record]:
+        """The records of a batch (encoding only: nothing is sent)."""
+        encode = self.encode
+        return [encode(notification) for notification in batch]
+
+    def send(self, records: Sequence[Record]) -> None:
+        """Append the records to the producer's batches (sent by its sender thread)."""
         try:
             producer = self.producer()
             # The partition is chosen here as the default partitioner would (murmur2 of the key),
             # with the hash cached per customer: the client's partitioner hashes again and sorts
             # the partition list for every record (about a fifth of its time per send).
             count = len(producer.partitions_for(self.topic))
-            futures = []
-            for notification, domain_event in batch:
-                envelope = to_envelope(notification, domain_event, self.resolve_customer)
-                key = envelope_key(envelope)
+            send, topic, futures = producer.send, self.topic, self._futures
+            for key, value, event_id in records:
                 futures.append(
-                    producer.send(
-                        self.topic,
-                        key=key,
-                        value=encode_envelope(envelope),
-                        headers=[("event_id", envelope["event_id"].encode())],
-                        partition=key_hash(key) % count,
-                    )
+                    send(topic, key=key, value=value, headers=[("event_id", event_id)], partition=key_hash(key) % count)
                 )
-            producer.flush(timeout=self.flush_timeout)
+        except Exception:
+            self._discard()
+            raise
+
+    def confirm(self) -> None:
+        """Return once the broker acknowledged every record sent; raise if any was not."""
+        futures, self._futures = self._futures, []
+        try:
+            if self._producer is not None:
+                self._producer.flush(timeout=self.flush_timeout)
             for future in futures:
                 if not future.is_done:
                     raise KafkaPublishError(f"no acknowledgement within {self.flush_timeout:.0f}s")

@@ -29,10 +29,13 @@ from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from enum import Enum
+from hashlib import sha1
 from typing import Any
 from uuid import UUID
 
 import orjson
+from eventsourcing.persistence import JSONTranscoder
+from eventsourcing.utils import resolve_topic
 
 from events.domain import Customer, event_id, event_type
 
@@ -117,8 +120,11 @@ class CustomerResolver:
     def __call__(self, domain_event: Any) -> str | None:
         if isinstance(domain_event, Customer.Event):
             return str(domain_event.originator_id)  # the common case, nothing to remember
-        own = own_customer(domain_event)
-        aggregate_id = domain_event.originator_id
+        return self.given(domain_event.originator_id, own_customer(domain_event))
+
+    def given(self, aggregate_id: Any, own: Any) -> str | None:
+        """The customer of an event of ``aggregate_id`` (not a Customer) that names ``own``
+        (:func:`own_customer`; :data:`UNKNOWN` when it names none)."""
         if own is not UNKNOWN:
             self._remember(aggregate_id, own)
             return own
@@ -171,3 +177,165 @@ def encode_envelope(envelope: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON (the published message value). orjson: the publisher's hot path,
     several times faster than json for the same bytes (compact separators, UTF-8 as is)."""
     return orjson.dumps(envelope)
+
+
+# --------------------------------------------------------------------- the publisher's fast path
+Record = tuple[bytes, bytes, bytes]
+"""A published Kafka record: (key, value, ``event_id`` header)."""
+
+_TRANSCODED = b'"_type_"'
+# orjson reads integers beyond 64 bits as floats where json keeps them exact: a run of 19 digits
+# sends the event to the reference path (digits -> "0", anything else -> " ", then one search).
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_LONG_NUMBER = b"0" * 19
+
+
+def _datetime_value(data: Any) -> str:
+    """A stored ``datetime_iso`` as :func:`iso_utc` gives the decoded datetime."""
+    if len(data) == 32 and data[10] == "T" and data.endswith("+00:00"):  # UTC with microseconds
+        return data[:26] + "Z"
+    return iso_utc(datetime.fromisoformat(data))
+
+
+_FROM_TRANSCODING: dict[str, Callable[[str], str]] = {
+    # the transcodings eventsourcing registers by default, each to what to_json_value makes of it
+    "datetime_iso": _datetime_value,
+    "uuid_hex": lambda data: str(UUID(data)),
+    "decimal_str": lambda data: str(Decimal(data)),
+}
+
+
+class _NotFast(Exception):
+    """This stored event needs the mapper: the encoder takes the reference path."""
+
+
+def _from_stored(value: Any) -> Any:
+    """A value of the stored JSON as :func:`to_json_value` gives it once the transcoder decoded it."""
+    kind = type(value)
+    if kind is dict:
+        if len(value) == 2 and "_type_" in value and "_data_" in value:
+            data = value["_data_"]
+            convert = _FROM_TRANSCODING.get(value["_type_"])
+            if convert is None or type(data) is not str:
+                raise _NotFast
+            return convert(data)
+        return {k: _from_stored(v) for k, v in value.items()}
+    if kind is list:
+        return [_from_stored(v) for v in value]
+    return value
+
+
+def _stored_time(value: Any) -> str:
+    if type(value) is dict and len(value) == 2 and value.get("_type_") == "datetime_iso":
+        data = value["_data_"]
+        if type(data) is str:
+            return _datetime_value(data)
+    raise _NotFast
+
+
+_UUID5_KEEP = ~(0xC000 << 48) & ~(0xF000 << 64)
+_UUID5_SET = 0x8000 << 48 | 5 << 76
+
+
+def fast_event_id(originator_id: UUID, version: int) -> str:
+    """``str(event_id(...))`` (uuid5 of the aggregate id and version) without two UUID objects."""
+    n = int.from_bytes(sha1(originator_id.bytes + str(version).encode()).digest()[:16], "big")
+    h = "%032x" % (n & _UUID5_KEEP | _UUID5_SET)  # the bits uuid.UUID(version=5) sets
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class EnvelopeEncoder:
+    """Stored event (a notification of the log) -> its Kafka record, read straight from the
+    stored JSON: the same bytes as ``encode_envelope(to_envelope(n, mapper.to_domain_event(n),
+    resolver))`` without building the domain event, decoding its values into Python objects and
+    converting them back (the publisher's hot path: about a third of its time per event).
+
+    The stored state is the JSON object of the event's fields written by eventsourcing's
+    ``JSONTranscoder`` (``{"_type_": name, "_data_": ...}`` for datetimes, UUIDs, Decimals): it is
+    parsed once with orjson and only the envelope's own parts are converted. Whatever this path
+    does not know takes the reference path instead, event by event: a mapper with a cipher or
+    compressor, a transcoding other than eventsourcing's defaults, an upcast event class, a
+    class-level ``customer_id``, an integer beyond 64 bits, JSON that orjson refuses (NaN).
+    """
+
+    def __init__(self, mapper: Any, resolver: CustomerResolver) -> None:
+        self.mapper = mapper
+        self.resolver = resolver
+        transcoder = getattr(mapper, "transcoder", None)
+        self.fast = (
+            getattr(mapper, "cipher", None) is None
+            and getattr(mapper, "compressor", None) is None
+            and type(transcoder) is JSONTranscoder
+            and all(name in _FROM_TRANSCODING for name in transcoder.names)
+        )
+        self._kinds: dict[str, tuple[str, bool] | None] = {}  # topic -> (type, is a Customer event)
+
+    def _kind(self, topic: str) -> tuple[str, bool] | None:
+        """(public type name, Customer event?) of an event class the fast path handles, else None."""
+        if topic not in self._kinds:
+            cls = resolve_topic(topic)
+            plain = getattr(cls, "class_version", 1) == 1 and not hasattr(cls, "customer_id")
+            self._kinds[topic] = (event_type(object.__new__(cls)), issubclass(cls, Customer.Event)) if plain else None
+        return self._kinds[topic]
+
+    def reference(self, notification: Any) -> Record:
+        """The record through the domain event (:func:`to_envelope`): the contract's definition."""
+        envelope = to_envelope(notification, self.mapper.to_domain_event(notification), self.resolver)
+        return envelope_key(envelope), encode_envelope(envelope), envelope["event_id"].encode()
+
+    def __call__(self, notification: Any) -> Record:
+        record = self.fast_record(notification)
+        return self.reference(notification) if record is None else record
+
+    def fast_record(self, notification: Any) -> Record | None:
+        """The record read straight from the stored JSON, or None when this event needs the
+        reference path (see the class)."""
+        kind = self._kinds.get(notification.topic, UNKNOWN)
+        if kind is UNKNOWN:
+            kind = self._kind(notification.topic)
+        originator_id = notification.originator_id
+        raw = notification.state
+        if kind is None or not self.fast or type(originator_id) is not UUID or _LONG_NUMBER in raw.translate(_DIGITS_ONLY):
+            return None
+        try:
+            state = orjson.loads(raw)
+            recorded_at = _stored_time(state["timestamp"])
+            occurred = state.get("occurred_at")
+            occurred_at = _stored_time(occurred) if occurred else recorded_at
+            if "class_version" in state:
+                raise _NotFast
+            actor, source, source_id = state.get("actor"), state.get("source"), state.get("source_id")
+            if type(actor) is str and type(source) is str and type(source_id) is str:  # the common case
+                meta = {"actor": actor, "source": source, "source_id": source_id}
+            else:
+                meta = {k: _from_stored(state.get(k)) for k in _META}
+            data = {k: v for k, v in state.items() if k not in _NOT_DATA}
+            # "_type_" appears in JSON only as a key or a value of its own (quotes inside strings
+            # are escaped): beyond the two times above, a transcoded value may be in the data.
+            if raw.count(_TRANSCODED) > (2 if occurred else 1):
+                data = _from_stored(data)
+        except (_NotFast, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+        name, is_customer = kind
+        event_id = fast_event_id(originator_id, notification.originator_version)
+        if is_customer:
+            customer: str | None = str(originator_id)
+        else:
+            own = data.get("customer_id", UNKNOWN)
+            if own is not UNKNOWN and own is not None and type(own) is not str:
+                return None  # str(value) of something else: the reference path says what it is
+            customer = self.resolver.given(originator_id, own)
+        value = orjson.dumps(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "event_id": event_id,
+                "type": name,
+                "customer_id": customer,
+                "occurred_at": occurred_at,
+                "recorded_at": recorded_at,
+                "position": int(notification.id),
+                "meta": meta,
+                "data": data,
+            }
+        )
+        return (customer or event_id).encode(), value, event_id.encode()

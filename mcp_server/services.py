@@ -46,11 +46,11 @@ def build_kafka_relay(settings: Settings, store: ViewStore, app: CustomerSuccess
     if not settings.kafka_bootstrap:
         return None
     from connectors.kafka import KafkaSink
-    from events.envelope import CustomerResolver
+    from events.envelope import CustomerResolver, EnvelopeEncoder
 
-    resolver = CustomerResolver(app.recorder, app.mapper)
-    sink = KafkaSink(settings.kafka_bootstrap, settings.kafka_topic, resolve_customer=resolver)
-    return EventRelay(KAFKA_RELAY, sink, store, app.recorder, app.mapper)
+    encode = EnvelopeEncoder(app.mapper, CustomerResolver(app.recorder, app.mapper))
+    sink = KafkaSink(settings.kafka_bootstrap, settings.kafka_topic, encode)
+    return EventRelay(KAFKA_RELAY, sink, store, app.recorder)
 
 
 @contextmanager

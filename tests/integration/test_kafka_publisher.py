@@ -223,6 +223,40 @@ def test_every_event_arrives_once_in_order_per_customer(tmp_path: Path, broker: 
     assert changed["data"] == {"changes": [{"field": "arr", "old": 1000.0, "new": 2000.0}]}
 
 
+def test_many_batches_arrive_once_in_order_on_the_murmur2_partition(tmp_path: Path, broker: KafkaBroker) -> None:
+    """The producer's settings (batching, linger, idempotence, the partition chosen from the
+    cached murmur2 hash) over many relay batches: every event once, each customer on
+    murmur2(key) % partitions (the Java client's default partitioner, computed here by
+    kafka-python's own implementation), and in log order there. Pumped as the engine's relay
+    thread does (the next batch encoded while the previous one is acknowledged)."""
+    from kafka.partitioner.default import murmur2
+
+    settings = kafka_settings(tmp_path, broker.bootstrap)
+    with open_services(settings) as svc:
+        write_history(svc, customers=40, tag="batches")
+        relay = publisher(svc)
+        relay.batch_size = 37  # many batches, each split over every partition
+        head = svc.app.last_position()
+        assert head > 5 * 37
+        assert relay.pump(max_batches=1000) == head and relay.last_error is None
+        assert relay.checkpoint() == head
+        expected = {e["position"]: e for e in logged_envelopes(svc)}
+        records = read_topic(broker.bootstrap, settings.kafka_topic)
+        partitions = len(end_offsets(broker.bootstrap, settings.kafka_topic))
+
+    envelopes = [json.loads(r.value) for r in records]
+    assert sorted(e["position"] for e in envelopes) == list(range(1, head + 1))
+    assert all(e == expected[e["position"]] for e in envelopes)
+    assert partitions > 1 and len({r.partition for r in records}) > 1  # the keys really are spread
+    positions_by_key: dict[bytes, list[int]] = defaultdict(list)
+    for record, envelope in zip(records, envelopes):  # partition, then offset order
+        assert record.partition == (murmur2(record.key) & 0x7FFFFFFF) % partitions
+        positions_by_key[record.key].append(envelope["position"])
+    assert len(positions_by_key) == 40
+    for positions in positions_by_key.values():
+        assert positions == sorted(positions)
+
+
 def test_broker_outage_never_slows_or_fails_a_write_and_the_publisher_catches_up(
     tmp_path: Path, outage_broker: KafkaBroker
 ) -> None:
