@@ -23,6 +23,11 @@ class Projection(ABC):
     def schema(self) -> list[str]:
         """``CREATE TABLE IF NOT EXISTS`` / ``CREATE INDEX IF NOT EXISTS`` statements."""
 
+    def schema_for(self, backend: str) -> list[str]:
+        """The statements of :meth:`schema` on ``backend`` (``sqlite`` / ``postgres``), for a
+        projection whose schema needs the backend's own SQL (a view over JSON, say)."""
+        return self.schema()
+
     @abstractmethod
     def handle(self, tx: Tx, event: Any, position: int) -> None:
         """Apply one event (ignore types it does not care about)."""

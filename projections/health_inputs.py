@@ -49,16 +49,15 @@ class HealthInputsProjection(Projection):
         elif isinstance(event, Ticket.Event):
             self._ticket(tx, event, position)
         elif isinstance(event, Scorecard.Event):
-            tx.execute(f"INSERT INTO {SCORECARDS} (position, at, config) VALUES (?, ?, ?)",
-                       (position, utc_iso(event.occurred_at), json.dumps(event.config, sort_keys=True)))  # fmt: skip
+            tx.insert(SCORECARDS, ("position", "at", "config"),
+                      (position, utc_iso(event.occurred_at), json.dumps(event.config, sort_keys=True)))  # fmt: skip
 
     def _customer(self, tx: Tx, event: Any, position: int) -> None:
         cid, at = str(event.originator_id), utc_iso(event.occurred_at)
         if isinstance(event, (Customer.HealthOverridden, Customer.StageOverridden)):
             health = isinstance(event, Customer.HealthOverridden)
-            tx.execute(f"INSERT INTO {OVERRIDES} (position, customer_id, kind, at, value, score, reason, author, expires_at)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (position, cid, "health" if health else "stage", at, event.band if health else event.stage,
+            tx.insert(OVERRIDES, ("position", "customer_id", "kind", "at", "value", "score", "reason", "author", "expires_at"),
+                      (position, cid, "health" if health else "stage", at, event.band if health else event.stage,
                         event.score if health else None, event.reason, event.author,
                         utc_iso(datetime.fromisoformat(event.expires_at))))  # fmt: skip
             return
@@ -77,9 +76,9 @@ class HealthInputsProjection(Projection):
                 state.update(changed)
         else:
             return
-        tx.execute(f"INSERT INTO {CONTRACTS} (customer_id, position, at, registered_at, arr, seats, contract_start,"
-                   " renewal_date, churned_on, tier) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (cid, position, at, state["registered_at"], state["arr"], state["seats"], state["contract_start"],
+        tx.insert(CONTRACTS, ("customer_id", "position", "at", "registered_at", "arr", "seats", "contract_start",
+                              "renewal_date", "churned_on", "tier"),
+                  (cid, position, at, state["registered_at"], state["arr"], state["seats"], state["contract_start"],
                     state["renewal_date"], state["churned_on"], state["tier"]))  # fmt: skip
 
     def _ticket(self, tx: Tx, event: Any, position: int) -> None:
@@ -99,7 +98,7 @@ class HealthInputsProjection(Projection):
                 state.update(status=event.status, solved=False)
             elif isinstance(event, Ticket.Rated):
                 state["csat"] = event.csat
-        tx.execute(f"INSERT INTO {TICKET_STATES} (position, ticket_id, customer_id, at, opened_at, status, priority,"
-                   " solved, csat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (position, tid, state["customer_id"], at, state["opened_at"], state["status"], state["priority"],
+        tx.insert(TICKET_STATES, ("position", "ticket_id", "customer_id", "at", "opened_at", "status", "priority",
+                                  "solved", "csat"),
+                  (position, tid, state["customer_id"], at, state["opened_at"], state["status"], state["priority"],
                     bool(state["solved"]), state["csat"]))  # fmt: skip

@@ -97,6 +97,7 @@ class CatchUpRunner(LogConsumer):
         try:
             subjects = batch if self.projection.raw else [self.mapper.to_domain_event(n) for n in batch]
             with self.store.transaction() as tx:
+                tx.defer_inserts = True  # rows written per table, not per event (a failure is found below)
                 self.projection.handle_batch(tx, [(s, n.id) for s, n in zip(subjects, batch, strict=True)])
                 tx.move_checkpoint(name, start, batch[-1].id)
             return len(batch)
@@ -150,7 +151,7 @@ class ProjectionEngine:
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
-        statements = [s for r in self.runners.values() for s in r.projection.schema()]
+        statements = [s for r in self.runners.values() for s in r.projection.schema_for(self.store.backend)]
         self.store.setup(statements)
         for name in self.runners:
             self.store.ensure_checkpoint(name)
@@ -209,6 +210,7 @@ class ProjectionEngine:
                         not r.projection.raw for r in group) else []  # fmt: skip
                     positions_of = [n.id for n in batch]
                     with self.store.transaction() as tx:
+                        tx.defer_inserts = True  # rows written per table, not per event
                         for runner in group:
                             subjects = batch if runner.projection.raw else decoded
                             runner.projection.handle_batch(tx, list(zip(subjects, positions_of, strict=True)))
@@ -276,7 +278,7 @@ class ProjectionEngine:
                 )
             with self.store.transaction() as tx:
                 runner.projection.drop(tx)
-                for statement in runner.projection.schema():
+                for statement in runner.projection.schema_for(self.store.backend):
                     tx.execute(statement)
                 tx.execute("UPDATE cs_checkpoints SET position = 0 WHERE name = ?", (runner.projection.name,))
             runner.failure = None

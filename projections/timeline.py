@@ -120,8 +120,8 @@ class TimelineProjection(Projection):
                 return  # unmatched: counted in sync status, on nobody's timeline
             customer_id = event.customer_id
             if isinstance(event, Ticket.Opened):
-                tx.execute(f"INSERT INTO {SUBJECTS} (aggregate_id, customer_id, label) VALUES (?, ?, ?)",
-                           (str(event.originator_id), customer_id, _ticket_ref(event)))  # fmt: skip
+                tx.insert(SUBJECTS, ("aggregate_id", "customer_id", "label"),
+                          (str(event.originator_id), customer_id, _ticket_ref(event)))  # fmt: skip
         elif isinstance(event, Ticket.Event):
             row = tx.fetchone(f"SELECT customer_id, label FROM {SUBJECTS} WHERE aggregate_id = ?", (str(event.originator_id),))
             if row is None:
@@ -129,9 +129,10 @@ class TimelineProjection(Projection):
             customer_id, ticket_ref = row["customer_id"], row["label"]
         else:
             return
-        tx.execute(
-            f"INSERT INTO {TIMELINE} (position, customer_id, event_id, type, occurred_at, recorded_at, actor,"
-            " source, source_id, summary, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        tx.insert(
+            TIMELINE,
+            ("position", "customer_id", "event_id", "type", "occurred_at", "recorded_at", "actor", "source",
+             "source_id", "summary", "details"),
             (
                 position,
                 customer_id,
