@@ -269,8 +269,13 @@ class ProjectionEngine:
         ]
 
     def rebuild(self, names: Sequence[str] | None = None, progress: Callable[[int], None] | None = None) -> int:
-        """Drop and refill the named projections (all by default) from the whole log."""
+        """Drop and refill the named projections (all by default) from the whole log.
+
+        Secondary indexes (``CREATE INDEX`` statements of the schemas) are built once the tables
+        are filled, not maintained row by row while they fill; if the rebuild stops early they are
+        built all the same (and ``setup`` builds any that are missing)."""
         selected = [self.runners[n] for n in (names or list(self.runners))]
+        indexes: list[str] = []
         for runner in selected:
             if not runner.owned and not runner.try_own():
                 raise RuntimeError(
@@ -279,10 +284,18 @@ class ProjectionEngine:
             with self.store.transaction() as tx:
                 runner.projection.drop(tx)
                 for statement in runner.projection.schema_for(self.store.backend):
-                    tx.execute(statement)
+                    if statement.lstrip().upper().startswith("CREATE INDEX"):
+                        indexes.append(statement)
+                    else:
+                        tx.execute(statement)
                 tx.execute("UPDATE cs_checkpoints SET position = 0 WHERE name = ?", (runner.projection.name,))
             runner.failure = None
-        return self._catch_up(selected, progress)
+        try:
+            return self._catch_up(selected, progress)
+        finally:
+            with self.store.transaction() as tx:
+                for statement in indexes:
+                    tx.execute(statement)
 
     # ------------------------------------------------------------ background loop
     def start(self, poll_interval: float = 0.5) -> None:

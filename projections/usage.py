@@ -86,9 +86,10 @@ class UsageProjection(Projection):
                          "excluded.uses")  # fmt: skip
 
     def handle_batch(self, tx: Tx, items: Sequence[tuple[Any, int]]) -> None:
-        """The rows ``handle`` writes event by event, in four statements for the whole batch:
-        days opened (with their counts and users), days opened earlier updated, and feature uses
-        added up per (customer, feature, day); a day opened before this batch is read back in one query."""
+        """The rows ``handle`` writes event by event, in a few statements for the whole batch: days
+        opened (with their counts and users), days opened earlier (read back in one query) written
+        back with their new totals, and feature uses added up per (customer, feature, day): those of
+        days opened in this batch inserted, those of earlier days added to their rows."""
         opened: list[tuple[Any, ...]] = []
         in_batch: dict[str, tuple[str | None, str]] = {}  # days opened so far in this batch
         counted: list[tuple[str, Any, bool]] = []  # (day, event, opened earlier in this batch)
@@ -103,37 +104,47 @@ class UsageProjection(Projection):
         if not counted:
             tx.insert_many(DAYS, DAY_COLUMNS, [(*o, 0, 0, 0, NO_USERS) for o in opened])
             return
-        before: dict[str, tuple[str | None, str]] = {}  # days opened before this batch
-        users: dict[str, list[str]] = {}  # a day's users so far, for the days whose users this batch adds to
+        before: dict[str, dict[str, Any]] = {}  # days opened before this batch, as stored
         earlier = sorted({uid for uid, _, here in counted if not here})
         for start in range(0, len(earlier), ROWS_PER_STATEMENT):
             part = earlier[start : start + ROWS_PER_STATEMENT]
-            for row in tx.fetchall(f"SELECT usage_id, customer_id, day, users FROM {DAYS} WHERE usage_id IN "
+            for row in tx.fetchall(f"SELECT {', '.join(DAY_COLUMNS)} FROM {DAYS} WHERE usage_id IN "
                                    f"({', '.join('?' * len(part))})", part):  # fmt: skip
-                before[row["usage_id"]] = (row["customer_id"], row["day"])
-                users[row["usage_id"]] = json.loads(row["users"])
+                before[row["usage_id"]] = row
         totals: dict[str, list[int]] = {}
-        uses: dict[tuple[str, str, str], int] = {}
+        users: dict[str, list[str]] = {uid: json.loads(row["users"]) for uid, row in before.items()}
+        new_uses: dict[tuple[str, str, str], int] = {}  # of days opened in this batch: no row yet
+        more_uses: dict[tuple[str, str, str], int] = {}  # of days opened earlier: added to their rows
         for uid, event, here in counted:
-            known = in_batch if here else before
-            assert uid in known, f"usage day {uid} counted before it was opened"
+            if here:
+                cid, day = in_batch[uid]
+            else:
+                assert uid in before, f"usage day {uid} counted before it was opened"
+                cid, day = before[uid]["customer_id"], before[uid]["day"]
             total = totals.setdefault(uid, [0, 0, 0])
             total[0] += event.events
             total[1] += event.sessions
             total[2] += len(event.users)
-            cid, day = known[uid]
             if cid is None:
                 continue  # unmatched usage is counted, not broken down
             users.setdefault(uid, []).extend(event.users)
+            uses = new_uses if here else more_uses
             for feature, n in event.features.items():
                 uses[(cid, feature, day)] = uses.get((cid, feature, day), 0) + n
-        # Days opened in this batch are inserted with their counts and users; earlier ones are updated.
+        # Days opened in this batch are inserted with their counts and users; earlier ones are
+        # written back whole (their new totals), in one statement.
         tx.insert_many(DAYS, DAY_COLUMNS, [(*o, *totals.pop(o[0], (0, 0, 0)), users_json(users.pop(o[0], ())))
                                            for o in opened])  # fmt: skip
-        tx.executemany(f"UPDATE {DAYS} SET events = events + ?, sessions = sessions + ?, active_users = active_users + ?,"
-                       " users = ? WHERE usage_id = ?",
-                       [(*t, users_json(users[uid]), uid) for uid, t in totals.items()])  # fmt: skip
-        tx.insert_many(FEATURES, ("customer_id", "feature", "day", "uses"), [(*key, n) for key, n in uses.items()],
+        rows = []
+        for uid, (events, sessions, active) in totals.items():
+            row = before[uid]
+            rows.append((uid, row["customer_id"], row["account"], row["day"], int(row["events"]) + events,
+                         int(row["sessions"]) + sessions, int(row["active_users"]) + active, users_json(users[uid])))  # fmt: skip
+        tx.insert_many(DAYS, DAY_COLUMNS, rows, "ON CONFLICT (usage_id) DO UPDATE SET events = excluded.events, "
+                       "sessions = excluded.sessions, active_users = excluded.active_users, users = excluded.users")  # fmt: skip
+        columns = ("customer_id", "feature", "day", "uses")
+        tx.insert_many(FEATURES, columns, [(*key, n) for key, n in new_uses.items()])
+        tx.insert_many(FEATURES, columns, [(*key, n) for key, n in more_uses.items()],
                        f"ON CONFLICT (customer_id, feature, day) DO UPDATE SET uses = {FEATURES}.uses + excluded.uses")  # fmt: skip
 
 
