@@ -18,6 +18,9 @@ class Projection(ABC):
     name: str  # stable and versioned, e.g. "customer_profile_v1"
     tables: tuple[str, ...]
     raw: bool = False  # True: handle() receives the stored notification itself, not a domain event
+    # The event classes handle() acts on, when known: the default handle_batch passes it only
+    # those (most of the log is usage, which most projections ignore). None: every event.
+    handles: tuple[type, ...] | None = None
 
     @abstractmethod
     def schema(self) -> list[str]:
@@ -36,8 +39,10 @@ class Projection(ABC):
         """Apply ``(event, position)`` pairs in log order, in one transaction. It must leave
         exactly the rows that ``handle`` on each in turn leaves (a projection overrides it to
         write a whole batch in a few statements); a failing event is then found with ``handle``."""
+        kinds = self.handles
         for event, position in items:
-            self.handle(tx, event, position)
+            if kinds is None or isinstance(event, kinds):
+                self.handle(tx, event, position)
 
     def drop(self, tx: Tx) -> None:
         for table in self.tables:

@@ -17,6 +17,7 @@ ENGAGED_KINDS = ("open", "click")
 
 class FeedbackProjection(Projection):
     name = "feedback_v1"
+    handles = (SurveyResponse.Recorded,)
     tables = (SURVEYS,)
 
     def schema(self) -> list[str]:
@@ -39,6 +40,7 @@ class FeedbackProjection(Projection):
 
 class EmailProjection(Projection):
     name = "email_v1"
+    handles = (EmailEvent.Recorded,)
     tables = (EMAILS,)
 
     def schema(self) -> list[str]:

@@ -31,6 +31,7 @@ WINDOW_DAYS = 30
 
 class MilestonesProjection(Projection):
     name = "milestones_v1"
+    handles = (Milestone.Event,)
     tables = (MILESTONES,)
 
     def schema(self) -> list[str]:

@@ -24,6 +24,7 @@ COLUMNS = ("customer_id", "external_key", *FIELDS, "status", "churned_on", "chur
 
 class CustomerProfileProjection(Projection):
     name = "customer_profile_v1"
+    handles = (Customer.Event,)
     tables = (CUSTOMERS, CONTACTS)
 
     def schema(self) -> list[str]:

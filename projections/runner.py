@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from projections.store import LogConsumer, ViewStore
 log = structlog.get_logger(__name__)
 
 BATCH_SIZE = 5000
+_Read = tuple[Sequence[Any], list[Any], Exception | None]  # a batch, its decoded events, a decoding error
 
 
 @dataclass
@@ -196,24 +198,36 @@ class ProjectionEngine:
         with ExitStack() as held:
             for runner in sorted(runners, key=lambda r: r.projection.name):
                 held.enter_context(runner._mutex)
+            # The next batch is read and decoded in another thread while this one is written (the
+            # driver releases the GIL while it waits on the database), then used if it starts where
+            # this one ended.
+            reader = held.enter_context(ThreadPoolExecutor(1, thread_name_prefix="cs-read-ahead"))
+            ahead: tuple[tuple[int, bool], Future[_Read]] | None = None
             while True:
                 positions = self.store.checkpoints()
                 start = min((positions.get(r.projection.name, 0) for r in runners), default=0)
                 group = [r for r in runners if positions.get(r.projection.name, 0) == start and r.failure is None]
                 if len(group) < 2:
                     return processed
-                batch = self.app.recorder.select_notifications(start=start, limit=BATCH_SIZE, inclusive_of_start=False)
+                decode = any(not r.projection.raw for r in group)
+                wanted = (start, decode)
+                future = ahead[1] if ahead is not None and ahead[0] == wanted else reader.submit(self._read, start, decode)
+                ahead = None
+                batch, decoded, error = future.result()
                 if not batch:
                     return processed
+                if len(batch) == BATCH_SIZE:  # more may follow
+                    ahead = ((batch[-1].id, decode), reader.submit(self._read, batch[-1].id, decode))
                 try:
-                    decoded = [self.app.mapper.to_domain_event(n) for n in batch] if any(
-                        not r.projection.raw for r in group) else []  # fmt: skip
+                    if error is not None:
+                        raise error
                     positions_of = [n.id for n in batch]
+                    raw_items = list(zip(batch, positions_of, strict=True))
+                    items = list(zip(decoded, positions_of, strict=True)) if decode else []
                     with self.store.transaction() as tx:
                         tx.defer_inserts = True  # rows written per table, not per event
                         for runner in group:
-                            subjects = batch if runner.projection.raw else decoded
-                            runner.projection.handle_batch(tx, list(zip(subjects, positions_of, strict=True)))
+                            runner.projection.handle_batch(tx, raw_items if runner.projection.raw else items)
                             tx.move_checkpoint(runner.projection.name, start, batch[-1].id)
                 except Exception as exc:  # noqa: BLE001 - the runners one by one find and report it
                     log.info("projections.shared_pass_fell_back", position=start, error=f"{type(exc).__name__}: {exc}")
@@ -221,6 +235,14 @@ class ProjectionEngine:
                 processed += len(batch) * len(group)
                 if progress:
                     progress(len(batch) * len(group))
+
+    def _read(self, start: int, decode: bool) -> _Read:
+        """The batch after ``start``, its events decoded (when ``decode``), or the decoding error."""
+        batch = self.app.recorder.select_notifications(start=start, limit=BATCH_SIZE, inclusive_of_start=False)
+        try:
+            return batch, [self.app.mapper.to_domain_event(n) for n in batch] if decode else [], None
+        except Exception as exc:  # noqa: BLE001 - raised where the batch is applied, as before
+            return batch, [], exc
 
     def ensure_current(self, timeout: float = 10.0) -> int:
         """Bring the views to the head of the log as of now (read-your-writes).

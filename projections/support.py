@@ -18,6 +18,7 @@ OPEN_STATES = ("new", "open", "pending", "hold", "snoozed")
 
 class SupportProjection(Projection):
     name = "support_v1"
+    handles = (Ticket.Event,)
     tables = (TICKETS,)
 
     def schema(self) -> list[str]:

@@ -15,6 +15,7 @@ SYNC = "cs_sync_status_v1"
 
 class SyncStatusProjection(Projection):
     name = "sync_status_v1"
+    handles = (Connector.Event,)
     tables = (SYNC,)
 
     def schema(self) -> list[str]:
