@@ -33,8 +33,11 @@ USERS_VIEW = {
 }
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder (json.dumps with options builds one per call)
+
+
 def users_json(users: Sequence[str]) -> str:
-    return json.dumps(list(users), separators=(",", ":"))
+    return _COMPACT.encode(list(users))
 
 
 class UsageProjection(Projection):
