@@ -200,3 +200,26 @@ def test_usage_users_view_holds_one_row_per_user_and_day_counted(services: Servi
             rows = tx.fetchall(f"SELECT customer_id, day, user_hash FROM {USERS}")
         assert len(rows) == len(expected)  # no duplicates
         assert {(r["customer_id"], r["day"], r["user_hash"]) for r in rows} == expected
+
+
+def test_bulk_insert_keeps_every_value_as_given(services: Services) -> None:
+    """Tx.insert_many at COPY size (on PostgreSQL COPY straight into the table, or through a temporary
+    table with ON CONFLICT): text with tabs, newlines, backslashes and COPY's markers, integers,
+    booleans, floats and NULL come back as given."""
+    from projections.store import BULK_ROWS
+
+    tricky = ["plain", "tab\there", "line\nbreak", "cr\rhere", "back\\slash", "\\N", "\\.", "", "é ☃ 𝄞", "a\\tb"]
+    rows = [(i, tricky[i % len(tricky)], None if i % 7 == 0 else i * 10**12, i % 2 == 0, None if i % 5 else 0.1 * i)
+            for i in range(BULK_ROWS + 50)]  # fmt: skip
+    with services.store.transaction() as tx:
+        tx.execute("CREATE TABLE t_bulk (id BIGINT PRIMARY KEY, txt TEXT, big BIGINT, flag BOOLEAN, x DOUBLE PRECISION)")
+        tx.insert_many("t_bulk", ("id", "txt", "big", "flag"), [r[:4] for r in rows])
+        tx.execute("CREATE TABLE t_bulk_f (id BIGINT PRIMARY KEY, x DOUBLE PRECISION)")
+        tx.insert_many("t_bulk_f", ("id", "x"), [(r[0], r[4]) for r in rows])
+        tx.insert_many("t_bulk", ("id", "txt", "big", "flag"), [r[:4] for r in rows[:BULK_ROWS]],
+                       "ON CONFLICT (id) DO UPDATE SET txt = excluded.txt || '!'")  # fmt: skip
+        got = tx.fetchall("SELECT id, txt, big, flag FROM t_bulk ORDER BY id")
+        floats = tx.fetchall("SELECT id, x FROM t_bulk_f ORDER BY id")
+    assert [(r["id"], r["txt"], r["big"], bool(r["flag"])) for r in got] == [
+        (i, t + "!" if i < BULK_ROWS else t, b, f) for i, t, b, f, _ in rows]  # fmt: skip
+    assert [(r["id"], r["x"]) for r in floats] == [(r[0], r[4]) for r in rows]
