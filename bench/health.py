@@ -26,6 +26,7 @@ import csv
 import faulthandler
 import io
 import json
+import os
 import pstats
 import random
 import secrets
@@ -240,15 +241,27 @@ async def score_over_stdio(settings: Any, master_key: str, calls: int, book_call
     return figures
 
 
-def rebuild(settings: Any, profile: Path | None) -> dict[str, Any]:
-    from mcp_server.services import open_services
+def book_health(store: Any, as_of: datetime) -> dict[str, Any]:
+    """The health of every customer as of ``as_of``, as plain JSON data (comparable across runs)."""
     from projections.health import health_as_of
+
+    return json.loads(json.dumps({str(cid): h.as_dict() for cid, h in health_as_of(store, as_of).items()}, default=str))
+
+
+def rebuild(settings: Any, profile: Path | None, raw_events: int, expected: dict[str, Any] | None = None,
+            per_projection: bool = True) -> dict[str, Any]:
+    """Time ``ProjectionEngine.rebuild()``; the book's health must be the same after it as before (or,
+    with ``expected`` = ``{"as_of": ISO instant, "health": ...}`` from a kept data set, as when it was built)."""
+    from mcp_server.services import open_services
 
     figures: dict[str, Any] = {}
     with open_services(settings) as svc:
-        svc.engine.ensure_current()
-        as_of = datetime.now(timezone.utc)
-        before = {cid: h.as_dict() for cid, h in health_as_of(svc.store, as_of).items()}
+        if expected is None:
+            svc.engine.ensure_current()
+            as_of = datetime.now(timezone.utc)
+            before = book_health(svc.store, as_of)
+        else:  # the views may have another layout than the code that built them: compare with the kept answer
+            as_of, before = datetime.fromisoformat(expected["as_of"]), expected["health"]
         stored = svc.app.last_position()
         started = time.perf_counter()
         processed = svc.engine.rebuild()
@@ -259,13 +272,14 @@ def rebuild(settings: Any, profile: Path | None) -> dict[str, Any]:
             svc.engine.rebuild()
             profiler.disable()
             _dump(profiler, profile)
-        after = {cid: h.as_dict() for cid, h in health_as_of(svc.store, as_of).items()}
+        after = book_health(svc.store, as_of)
         if after != before:
             raise RuntimeError("the health of the book differs after the rebuild")
-        figures.update({"rebuild_s": elapsed, "rebuild_events_per_s": stored / elapsed,
+        figures.update({"rebuild_s": elapsed, "rebuild_stored_events": stored,
+                        "rebuild_events_per_s": stored / elapsed, "rebuild_raw_events_per_s": raw_events / elapsed,
                         "rebuild_projections": len(svc.engine.runners),
                         "rebuild_event_folds_per_s": processed / elapsed})  # fmt: skip
-        for name in svc.engine.runners:
+        for name in svc.engine.runners if per_projection else ():
             started = time.perf_counter()
             svc.engine.rebuild([name])
             figures[f"rebuild_{name}_s"] = time.perf_counter() - started
@@ -280,6 +294,11 @@ def _dump(profiler: cProfile.Profile, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- entry
+def kept_params(args: argparse.Namespace, shape: dict[str, Any]) -> dict[str, Any]:
+    """The parameters that describe the data set (recorded with a kept one and with its reuse)."""
+    return {"customers": args.customers, "events": args.events, "days": args.days, "seed": SEED,
+            "distinct_users": shape["distinct_users"], "file_mb": round(shape["bytes"] / MB, 1),
+            "rebuild_target_judged_on": "rebuild_events_per_s (stored events)"}  # fmt: skip
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench health", description=__doc__.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=1_000, help="customers in the book (default 1,000)")
@@ -289,12 +308,71 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--book-calls", type=int, default=10, help="timed whole-book scorings, each way (default 10)")
     add_backend_args(parser, default="sqlite")
     parser.add_argument("--profile-dir", type=Path, help="write cProfile summaries of the book scoring and the rebuild here")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep the built data set in DIR (with --backend postgres: the database on --database-url "
+                        "too, not dropped) for later runs with --reuse")  # fmt: skip
+    parser.add_argument("--reuse", type=Path, metavar="DIR",
+                        help="skip generating, importing and scoring: rebuild the data set kept in DIR by --keep "
+                        "(its parameters are the kept ones) and compare the book's health with the kept answer")  # fmt: skip
+    parser.add_argument("--no-per-projection", action="store_true",
+                        help="skip rebuilding each projection alone after the full rebuild")
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="seconds before a stuck run dumps every thread's stack and exits (default 3600)")  # fmt: skip
     args = parser.parse_args(argv)
     if min(args.customers, args.events, args.days, args.calls, args.book_calls) < 1:
         parser.error("--customers, --events, --days, --calls and --book-calls must be at least 1")
+    if args.keep and args.reuse:
+        parser.error("--keep and --reuse exclude each other")
+    if args.keep and args.backend != "sqlite" and not (args.database_url or os.environ.get("CS_DATABASE_URL")):
+        parser.error("--keep with PostgreSQL needs --database-url (a throwaway server cannot be kept)")
     return args
+
+
+MANIFEST = "health-bench.json"
+
+
+def keep_manifest(folder: Path, backend: str, settings: Any, master_key: str, params: dict[str, Any]) -> None:
+    """What --reuse needs to find and check a kept data set: where it is, its key, the book's health."""
+    from mcp_server.services import open_services
+
+    with open_services(settings) as svc:
+        svc.engine.ensure_current()
+        as_of = datetime.now(timezone.utc)
+        health = book_health(svc.store, as_of)
+    path = folder / MANIFEST
+    kept = json.loads(path.read_text()) if path.exists() else {"params": params, "backends": {}}
+    kept["backends"][backend] = {"data_dir": str(settings.data_dir), "database_url": settings.database_url,
+                                 "master_key": master_key, "as_of": as_of.isoformat(), "health": health}  # fmt: skip
+    path.write_text(json.dumps(kept), encoding="utf-8")
+    print(f"{backend}: data set kept in {folder} (reuse with --reuse {folder})", file=sys.stderr)
+
+
+def main_reuse(args: argparse.Namespace) -> int:
+    """Rebuild a kept data set (per backend asked for and kept) and record the rebuild figures only."""
+    from events.settings import Settings
+
+    kept = json.loads((args.reuse / MANIFEST).read_text())
+    figures: dict[str, Any] = {}
+    for backend in backends_of(args):
+        if backend not in kept["backends"]:
+            raise SystemExit(f"{args.reuse} holds no {backend} data set (kept: {', '.join(kept['backends'])})")
+        k = kept["backends"][backend]
+        settings = Settings(data_dir=Path(k["data_dir"]), database_url=k["database_url"], master_key=k["master_key"])
+        profile = args.profile_dir / f"health-{backend}-rebuild.txt" if args.profile_dir else None
+        out = rebuild(settings, profile, kept["params"]["events"], k, per_projection=not args.no_per_projection)
+        out["rebuild_target_met"] = out["rebuild_events_per_s"] >= TARGET_REBUILD_EVENTS_PER_S
+        figures[backend] = out
+        _say_rebuild(backend, out)
+    faulthandler.cancel_dump_traceback_later()
+    record("health", figures, {**kept["params"], "reused": str(args.reuse), "only": "rebuild"})
+    return 0
+
+
+def _say_rebuild(backend: str, out: dict[str, Any]) -> None:
+    print(f"{backend}: rebuild {out['rebuild_s']:.2f} s = {out['rebuild_events_per_s']:,.0f} stored events/s "
+          f"(target {TARGET_REBUILD_EVENTS_PER_S:,}/s, judged on stored events: "
+          f"{'met' if out['rebuild_events_per_s'] >= TARGET_REBUILD_EVENTS_PER_S else 'missed'}) "
+          f"= {out['rebuild_raw_events_per_s']:,.0f} raw Mixpanel events/s", file=sys.stderr)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -302,13 +380,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     faulthandler.dump_traceback_later(args.timeout, exit=True)  # a hung database call says where
+    if args.reuse:
+        return main_reuse(args)
     backends = backends_of(args)
     master_key = base64.b64encode(secrets.token_bytes(32)).decode()
     start = first_day(args.days)
     figures: dict[str, Any] = {}
     where: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="cs-bench-health-") as tmp:
-        folder = Path(tmp)
+    with ExitStack() as kept:
+        folder = args.keep or Path(kept.enter_context(tempfile.TemporaryDirectory(prefix="cs-bench-health-")))
+        folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         files = {"mixpanel": folder / "mixpanel-export.jsonl", "customers": folder / "customers.csv"}
         with usage_window(start):
@@ -324,7 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with ExitStack() as stack:
                 url = None
                 if backend == "postgres":
-                    url, where["postgres"] = stack.enter_context(mixpanel_import.postgres_database(args.database_url))
+                    url, where["postgres"] = stack.enter_context(
+                        mixpanel_import.postgres_database(args.database_url, keep=bool(args.keep)))
                 settings = Settings(data_dir=folder / backend, database_url=url, master_key=master_key)
                 profile = (lambda name: args.profile_dir / f"health-{backend}-{name}.txt") if args.profile_dir else (lambda name: None)  # noqa: E731
                 out: dict[str, Any] = {}
@@ -332,18 +414,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{backend}: built ({out['stored_events']:,} stored events)", file=sys.stderr)
                 out.update(score_book_in_process(settings, args.book_calls, args.customers, profile("book")))
                 out.update(anyio.run(score_over_stdio, settings, master_key, args.calls, args.book_calls, args.customers))
-                out.update(rebuild(settings, profile("rebuild")))
+                if args.keep:
+                    keep_manifest(folder, backend, settings, master_key, kept_params(args, shape))
+                out.update(rebuild(settings, profile("rebuild"), args.events))
                 out["one_target_met"] = out["one_p99_ms"] < TARGET_ONE_P99_MS
                 out["book_target_met"] = max(out["book_in_process_p50_ms"], out["book_tool_p50_ms"]) < TARGET_BOOK_S * 1000
                 out["rebuild_target_met"] = out["rebuild_events_per_s"] >= TARGET_REBUILD_EVENTS_PER_S
                 figures[backend] = out
                 print(f"{backend}: one p99 {out['one_p99_ms']:.1f} ms, book {out['book_in_process_p50_ms']:.0f} ms "
-                      f"(tool {out['book_tool_p50_ms']:.0f} ms), rebuild {out['rebuild_events_per_s']:,.0f} events/s",
-                      file=sys.stderr)  # fmt: skip
+                      f"(tool {out['book_tool_p50_ms']:.0f} ms)", file=sys.stderr)  # fmt: skip
+                _say_rebuild(backend, out)
     params: dict[str, Any] = {
-        "customers": args.customers, "events": args.events, "days": args.days, "calls": args.calls,
-        "book_calls": args.book_calls, "warmup_calls": WARMUP_CALLS, "seed": SEED, "backends": list(backends),
-        "distinct_users": shape["distinct_users"], "file_mb": round(shape["bytes"] / MB, 1),
+        **kept_params(args, shape), "calls": args.calls,
+        "book_calls": args.book_calls, "warmup_calls": WARMUP_CALLS, "backends": list(backends),
         "generate_s": round(generated, 1), **where,
         "targets": {"one_p99_ms": TARGET_ONE_P99_MS, "book_s": TARGET_BOOK_S,
                     "rebuild_events_per_s": TARGET_REBUILD_EVENTS_PER_S},

@@ -231,9 +231,9 @@ def _in_child(*args: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def postgres_database(database_url: str | None) -> Iterator[tuple[str, str]]:
-    """A fresh database for one run, dropped after: on the server of ``database_url`` (whose
-    user needs CREATEDB), else on a throwaway server from tests/support/postgres.py."""
+def postgres_database(database_url: str | None, keep: bool = False) -> Iterator[tuple[str, str]]:
+    """A fresh database for one run, dropped after (unless ``keep``): on the server of ``database_url``
+    (whose user needs CREATEDB), else on a throwaway server from tests/support/postgres.py."""
     from tests.support.postgres import create_database, drop_database, postgres_server
 
     with ExitStack() as stack:
@@ -242,7 +242,8 @@ def postgres_database(database_url: str | None) -> Iterator[tuple[str, str]]:
         try:
             yield url, ("given server" if database_url else "throwaway embedded server")
         finally:
-            drop_database(admin, url)
+            if not keep:
+                drop_database(admin, url)
 
 
 # --------------------------------------------------------------------------- entry

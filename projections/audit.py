@@ -33,6 +33,7 @@ NAME = "audit_chain_v1"
 CHAIN = "cs_audit_chain_v1"
 GENESIS = "0" * 64
 _U64 = struct.Struct(">Q")
+_EIGHT = _U64.pack(8)  # the length prefix of an 8-byte field
 
 CHANGED = "stored event differs from the one that was linked (hash mismatch: its bytes or its link changed)"
 MISSING = "linked event is missing from the log (deleted)"
@@ -52,14 +53,11 @@ def canonical_bytes(position: int, originator_id: Any, originator_version: int, 
         raise MalformedEventError(
             f"topic/originator_version are {type(topic).__name__}/{type(originator_version).__name__}"
         )
-    parts = (
-        _U64.pack(position),
-        str(originator_id).encode(),
-        _U64.pack(originator_version),
-        topic.encode(),
-        bytes(state),
-    )
-    return b"".join(_U64.pack(len(p)) + p for p in parts)
+    oid, name = str(originator_id).encode(), topic.encode()
+    body = state if type(state) is bytes else bytes(state)
+    pack = _U64.pack
+    return b"".join((_EIGHT, pack(position), pack(len(oid)), oid, _EIGHT, pack(originator_version),
+                     pack(len(name)), name, pack(len(body)), body))  # fmt: skip
 
 
 def link(previous: str, notification: Any) -> str:
@@ -68,7 +66,9 @@ def link(previous: str, notification: Any) -> str:
         notification.id, notification.originator_id, notification.originator_version, notification.topic,
         notification.state,
     )  # fmt: skip
-    return hashlib.sha256(bytes.fromhex(previous) + payload).hexdigest()
+    digest = hashlib.sha256(bytes.fromhex(previous))
+    digest.update(payload)
+    return digest.hexdigest()
 
 
 class AuditChainProjection(Projection):

@@ -18,10 +18,18 @@ class Projection(ABC):
     name: str  # stable and versioned, e.g. "customer_profile_v1"
     tables: tuple[str, ...]
     raw: bool = False  # True: handle() receives the stored notification itself, not a domain event
+    # The event classes handle() acts on, when known: the default handle_batch passes it only
+    # those (most of the log is usage, which most projections ignore). None: every event.
+    handles: tuple[type, ...] | None = None
 
     @abstractmethod
     def schema(self) -> list[str]:
         """``CREATE TABLE IF NOT EXISTS`` / ``CREATE INDEX IF NOT EXISTS`` statements."""
+
+    def schema_for(self, backend: str) -> list[str]:
+        """The statements of :meth:`schema` on ``backend`` (``sqlite`` / ``postgres``), for a
+        projection whose schema needs the backend's own SQL (a view over JSON, say)."""
+        return self.schema()
 
     @abstractmethod
     def handle(self, tx: Tx, event: Any, position: int) -> None:
@@ -31,8 +39,10 @@ class Projection(ABC):
         """Apply ``(event, position)`` pairs in log order, in one transaction. It must leave
         exactly the rows that ``handle`` on each in turn leaves (a projection overrides it to
         write a whole batch in a few statements); a failing event is then found with ``handle``."""
+        kinds = self.handles
         for event, position in items:
-            self.handle(tx, event, position)
+            if kinds is None or isinstance(event, kinds):
+                self.handle(tx, event, position)
 
     def drop(self, tx: Tx) -> None:
         for table in self.tables:

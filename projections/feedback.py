@@ -17,6 +17,7 @@ ENGAGED_KINDS = ("open", "click")
 
 class FeedbackProjection(Projection):
     name = "feedback_v1"
+    handles = (SurveyResponse.Recorded,)
     tables = (SURVEYS,)
 
     def schema(self) -> list[str]:
@@ -29,9 +30,9 @@ class FeedbackProjection(Projection):
 
     def handle(self, tx: Tx, event: Any, position: int) -> None:
         if isinstance(event, SurveyResponse.Recorded):
-            tx.execute(
-                f"INSERT INTO {SURVEYS} (survey_id, response_id, customer_id, match, key_owner, score, comment, email,"
-                " responded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            tx.insert(
+                SURVEYS, ("survey_id", "response_id", "customer_id", "match", "key_owner", "score", "comment", "email",
+                          "responded_at"),
                 (str(event.originator_id), event.response_id, event.customer_id, event.match, event.key_owner,
                  event.score, event.comment, event.email, utc_iso(event.occurred_at)),
             )  # fmt: skip
@@ -39,6 +40,7 @@ class FeedbackProjection(Projection):
 
 class EmailProjection(Projection):
     name = "email_v1"
+    handles = (EmailEvent.Recorded,)
     tables = (EMAILS,)
 
     def schema(self) -> list[str]:
@@ -51,9 +53,9 @@ class EmailProjection(Projection):
 
     def handle(self, tx: Tx, event: Any, position: int) -> None:
         if isinstance(event, EmailEvent.Recorded):
-            tx.execute(
-                f"INSERT INTO {EMAILS} (email_event_id, vendor_event_id, customer_id, match, kind, message_id, url,"
-                " reason, occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            tx.insert(
+                EMAILS, ("email_event_id", "vendor_event_id", "customer_id", "match", "kind", "message_id", "url",
+                         "reason", "occurred_at"),
                 (str(event.originator_id), event.vendor_event_id, event.customer_id, event.match, event.kind,
                  event.message_id, event.url, event.reason, utc_iso(event.occurred_at)),
             )  # fmt: skip

@@ -8,6 +8,7 @@ Each row is stamped with the ``occurred_at`` of the event that produced it, so "
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -44,28 +45,38 @@ class HealthInputsProjection(Projection):
         ]
 
     def handle(self, tx: Tx, event: Any, position: int) -> None:
-        if isinstance(event, Customer.Event):
-            self._customer(tx, event, position)
-        elif isinstance(event, Ticket.Event):
-            self._ticket(tx, event, position)
-        elif isinstance(event, Scorecard.Event):
-            tx.execute(f"INSERT INTO {SCORECARDS} (position, at, config) VALUES (?, ?, ?)",
-                       (position, utc_iso(event.occurred_at), json.dumps(event.config, sort_keys=True)))  # fmt: skip
+        self.handle_batch(tx, [(event, position)])
 
-    def _customer(self, tx: Tx, event: Any, position: int) -> None:
+    def handle_batch(self, tx: Tx, items: Sequence[tuple[Any, int]]) -> None:
+        """Each event's history row, in log order. A change starts from the latest state of its
+        customer or ticket: those written before this batch are read in one query per table,
+        those written in it are remembered."""
+        changes = (Customer.ContractChanged, Customer.ProfileUpdated, Customer.Churned)
+        contracts = _latest(tx, CONTRACTS, "customer_id", {str(e.originator_id) for e, _ in items if isinstance(e, changes)})
+        tickets = _latest(tx, TICKET_STATES, "ticket_id",
+                          {str(e.originator_id) for e, _ in items if isinstance(e, Ticket.Event) and not isinstance(e, Ticket.Opened)})  # fmt: skip
+        for event, position in items:
+            if isinstance(event, Customer.Event):
+                self._customer(tx, event, position, contracts)
+            elif isinstance(event, Ticket.Event):
+                self._ticket(tx, event, position, tickets)
+            elif isinstance(event, Scorecard.Event):
+                tx.insert(SCORECARDS, ("position", "at", "config"),
+                          (position, utc_iso(event.occurred_at), json.dumps(event.config, sort_keys=True)))  # fmt: skip
+
+    def _customer(self, tx: Tx, event: Any, position: int, latest: dict[str, dict[str, Any]]) -> None:
         cid, at = str(event.originator_id), utc_iso(event.occurred_at)
         if isinstance(event, (Customer.HealthOverridden, Customer.StageOverridden)):
             health = isinstance(event, Customer.HealthOverridden)
-            tx.execute(f"INSERT INTO {OVERRIDES} (position, customer_id, kind, at, value, score, reason, author, expires_at)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (position, cid, "health" if health else "stage", at, event.band if health else event.stage,
+            tx.insert(OVERRIDES, ("position", "customer_id", "kind", "at", "value", "score", "reason", "author", "expires_at"),
+                      (position, cid, "health" if health else "stage", at, event.band if health else event.stage,
                         event.score if health else None, event.reason, event.author,
                         utc_iso(datetime.fromisoformat(event.expires_at))))  # fmt: skip
             return
         if isinstance(event, Customer.Registered):
             state = {k: event.profile.get(k) for k in (*CONTRACT_FIELDS, "tier")} | {"churned_on": None, "registered_at": at}
         elif isinstance(event, (Customer.ContractChanged, Customer.ProfileUpdated, Customer.Churned)):
-            last = tx.fetchone(f"SELECT * FROM {CONTRACTS} WHERE customer_id = ? ORDER BY position DESC LIMIT 1", (cid,))
+            last = latest.get(cid)
             assert last is not None, f"customer {cid} changed before it was registered"
             state = {k: last[k] for k in (*CONTRACT_FIELDS, "tier", "churned_on", "registered_at")}
             if isinstance(event, Customer.Churned):
@@ -77,18 +88,17 @@ class HealthInputsProjection(Projection):
                 state.update(changed)
         else:
             return
-        tx.execute(f"INSERT INTO {CONTRACTS} (customer_id, position, at, registered_at, arr, seats, contract_start,"
-                   " renewal_date, churned_on, tier) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (cid, position, at, state["registered_at"], state["arr"], state["seats"], state["contract_start"],
-                    state["renewal_date"], state["churned_on"], state["tier"]))  # fmt: skip
+        row = {"customer_id": cid, "position": position, "at": at, **state}
+        tx.insert(CONTRACTS, CONTRACT_COLUMNS, [row[c] for c in CONTRACT_COLUMNS])
+        latest[cid] = row
 
-    def _ticket(self, tx: Tx, event: Any, position: int) -> None:
+    def _ticket(self, tx: Tx, event: Any, position: int, latest: dict[str, dict[str, Any]]) -> None:
         tid, at = str(event.originator_id), utc_iso(event.occurred_at)
         if isinstance(event, Ticket.Opened):
             state = {"customer_id": event.customer_id, "opened_at": at, "status": event.status,
                      "priority": event.priority, "solved": False, "csat": None}  # fmt: skip
         else:
-            last = tx.fetchone(f"SELECT * FROM {TICKET_STATES} WHERE ticket_id = ? ORDER BY position DESC LIMIT 1", (tid,))
+            last = latest.get(tid)
             assert last is not None, f"ticket {tid} changed before it was opened"
             state = {k: last[k] for k in ("customer_id", "opened_at", "status", "priority", "solved", "csat")}
             if isinstance(event, Ticket.Changed):
@@ -99,7 +109,23 @@ class HealthInputsProjection(Projection):
                 state.update(status=event.status, solved=False)
             elif isinstance(event, Ticket.Rated):
                 state["csat"] = event.csat
-        tx.execute(f"INSERT INTO {TICKET_STATES} (position, ticket_id, customer_id, at, opened_at, status, priority,"
-                   " solved, csat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (position, tid, state["customer_id"], at, state["opened_at"], state["status"], state["priority"],
-                    bool(state["solved"]), state["csat"]))  # fmt: skip
+        row = {"position": position, "ticket_id": tid, "at": at, **state, "solved": bool(state["solved"])}
+        tx.insert(TICKET_STATES, TICKET_COLUMNS, [row[c] for c in TICKET_COLUMNS])
+        latest[tid] = row
+
+
+CONTRACT_COLUMNS = ("customer_id", "position", "at", "registered_at", "arr", "seats", "contract_start", "renewal_date",
+                    "churned_on", "tier")  # fmt: skip
+TICKET_COLUMNS = ("position", "ticket_id", "customer_id", "at", "opened_at", "status", "priority", "solved", "csat")
+IDS_PER_QUERY = 500  # well under SQLite's 32,766 bound variables per statement
+
+
+def _latest(tx: Tx, table: str, key: str, ids: set[str]) -> dict[str, dict[str, Any]]:
+    """The latest row (highest position) of each of ``ids`` in ``table``, by ``key``."""
+    latest: dict[str, dict[str, Any]] = {}
+    wanted = sorted(ids)
+    for start in range(0, len(wanted), IDS_PER_QUERY):
+        part = wanted[start : start + IDS_PER_QUERY]
+        for row in tx.fetchall(f"SELECT * FROM {table} WHERE {key} IN ({', '.join('?' * len(part))}) ORDER BY position", part):
+            latest[row[key]] = row  # a history holds a few rows per id: the last one read is the latest
+    return latest

@@ -24,6 +24,7 @@ COLUMNS = ("customer_id", "external_key", *FIELDS, "status", "churned_on", "chur
 
 class CustomerProfileProjection(Projection):
     name = "customer_profile_v1"
+    handles = (Customer.Event,)
     tables = (CUSTOMERS, CONTACTS)
 
     def schema(self) -> list[str]:
@@ -49,9 +50,7 @@ class CustomerProfileProjection(Projection):
         at = utc_iso(event.occurred_at)
         if isinstance(event, Customer.Registered):
             values = [cid, event.external_key, *(event.profile.get(f) for f in FIELDS), "active", None, None, at, at, position]
-            tx.execute(
-                f"INSERT INTO {CUSTOMERS} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", values
-            )
+            tx.insert(CUSTOMERS, COLUMNS, values)
             return
         if isinstance(event, (Customer.ProfileUpdated, Customer.ContractChanged)):
             for change in event.changes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ log = structlog.get_logger(__name__)
 
 BATCH_SIZE = 5000
 MIN_PASS_INTERVAL = 0.02  # seconds between background passes at the most (see ProjectionEngine.start)
+_Read = tuple[Sequence[Any], list[Any], Exception | None]  # a batch, its decoded events, a decoding error
 
 
 @dataclass
@@ -101,6 +103,7 @@ class CatchUpRunner(LogConsumer):
         try:
             subjects = batch if self.projection.raw else [self.mapper.to_domain_event(n) for n in batch]
             with self.store.transaction() as tx:
+                tx.defer_inserts = True  # rows written per table, not per event (a failure is found below)
                 self.projection.handle_batch(tx, [(s, n.id) for s, n in zip(subjects, batch, strict=True)])
                 tx.move_checkpoint(name, start, batch[-1].id)
             return len(batch)
@@ -154,7 +157,7 @@ class ProjectionEngine:
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
-        statements = [s for r in self.runners.values() for s in r.projection.schema()]
+        statements = [s for r in self.runners.values() for s in r.projection.schema_for(self.store.backend)]
         self.store.setup(statements)
         for name in self.runners:
             self.store.ensure_checkpoint(name)
@@ -203,23 +206,36 @@ class ProjectionEngine:
         with ExitStack() as held:
             for runner in sorted(runners, key=lambda r: r.projection.name):
                 held.enter_context(runner._mutex)
+            # The next batch is read and decoded in another thread while this one is written (the
+            # driver releases the GIL while it waits on the database), then used if it starts where
+            # this one ended.
+            reader = held.enter_context(ThreadPoolExecutor(1, thread_name_prefix="cs-read-ahead"))
+            ahead: tuple[tuple[int, bool], Future[_Read]] | None = None
             while True:
                 positions = self.store.checkpoints()
                 start = min((positions.get(r.projection.name, 0) for r in runners), default=0)
                 group = [r for r in runners if positions.get(r.projection.name, 0) == start and r.failure is None]
                 if len(group) < 2:
                     return processed
-                batch = self.app.recorder.select_notifications(start=start, limit=BATCH_SIZE, inclusive_of_start=False)
+                decode = any(not r.projection.raw for r in group)
+                wanted = (start, decode)
+                future = ahead[1] if ahead is not None and ahead[0] == wanted else reader.submit(self._read, start, decode)
+                ahead = None
+                batch, decoded, error = future.result()
                 if not batch:
                     return processed
+                if len(batch) == BATCH_SIZE:  # more may follow
+                    ahead = ((batch[-1].id, decode), reader.submit(self._read, batch[-1].id, decode))
                 try:
-                    decoded = [self.app.mapper.to_domain_event(n) for n in batch] if any(
-                        not r.projection.raw for r in group) else []  # fmt: skip
+                    if error is not None:
+                        raise error
                     positions_of = [n.id for n in batch]
+                    raw_items = list(zip(batch, positions_of, strict=True))
+                    items = list(zip(decoded, positions_of, strict=True)) if decode else []
                     with self.store.transaction() as tx:
+                        tx.defer_inserts = True  # rows written per table, not per event
                         for runner in group:
-                            subjects = batch if runner.projection.raw else decoded
-                            runner.projection.handle_batch(tx, list(zip(subjects, positions_of, strict=True)))
+                            runner.projection.handle_batch(tx, raw_items if runner.projection.raw else items)
                             tx.move_checkpoint(runner.projection.name, start, batch[-1].id)
                 except Exception as exc:  # noqa: BLE001 - the runners one by one find and report it
                     log.info("projections.shared_pass_fell_back", position=start, error=f"{type(exc).__name__}: {exc}")
@@ -227,6 +243,14 @@ class ProjectionEngine:
                 processed += len(batch) * len(group)
                 if progress:
                     progress(len(batch) * len(group))
+
+    def _read(self, start: int, decode: bool) -> _Read:
+        """The batch after ``start``, its events decoded (when ``decode``), or the decoding error."""
+        batch = self.app.recorder.select_notifications(start=start, limit=BATCH_SIZE, inclusive_of_start=False)
+        try:
+            return batch, [self.app.mapper.to_domain_event(n) for n in batch] if decode else [], None
+        except Exception as exc:  # noqa: BLE001 - raised where the batch is applied, as before
+            return batch, [], exc
 
     def ensure_current(self, timeout: float = 10.0) -> int:
         """Bring the views to the head of the log as of now (read-your-writes).
@@ -275,8 +299,13 @@ class ProjectionEngine:
         ]
 
     def rebuild(self, names: Sequence[str] | None = None, progress: Callable[[int], None] | None = None) -> int:
-        """Drop and refill the named projections (all by default) from the whole log."""
+        """Drop and refill the named projections (all by default) from the whole log.
+
+        Secondary indexes (``CREATE INDEX`` statements of the schemas) are built once the tables
+        are filled, not maintained row by row while they fill; if the rebuild stops early they are
+        built all the same (and ``setup`` builds any that are missing)."""
         selected = [self.runners[n] for n in (names or list(self.runners))]
+        indexes: list[str] = []
         for runner in selected:
             if not runner.owned and not runner.try_own():
                 raise RuntimeError(
@@ -284,11 +313,19 @@ class ProjectionEngine:
                 )
             with self.store.transaction() as tx:
                 runner.projection.drop(tx)
-                for statement in runner.projection.schema():
-                    tx.execute(statement)
+                for statement in runner.projection.schema_for(self.store.backend):
+                    if statement.lstrip().upper().startswith("CREATE INDEX"):
+                        indexes.append(statement)
+                    else:
+                        tx.execute(statement)
                 tx.execute("UPDATE cs_checkpoints SET position = 0 WHERE name = ?", (runner.projection.name,))
             runner.failure = None
-        return self._catch_up(selected, progress)
+        try:
+            return self._catch_up(selected, progress)
+        finally:
+            with self.store.transaction() as tx:
+                for statement in indexes:
+                    tx.execute(statement)
 
     # ------------------------------------------------------------ background loop
     def start(self, poll_interval: float = 0.5, min_interval: float = MIN_PASS_INTERVAL) -> None:

@@ -59,6 +59,7 @@ class SegmentsProjection(Projection):
     """The segments defined now, one row each (a deleted segment's row is removed)."""
 
     name = "segments_v1"
+    handles = (Segment.Event,)
     tables = (SEGMENTS,)
 
     def schema(self) -> list[str]:

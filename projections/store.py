@@ -29,33 +29,65 @@ class CheckpointConflictError(RuntimeError):
 
 
 class Tx:
-    """A cursor inside one transaction, with ``?`` placeholders on every backend."""
+    """A cursor inside one transaction, with ``?`` placeholders on every backend.
+
+    With ``defer_inserts`` set (the runner sets it while it folds a whole batch), :meth:`insert`
+    holds its rows and writes them together (:meth:`insert_many`) just before the next other
+    statement of the transaction, or before it commits: the statements take effect in the same
+    order, only grouped. A failing insert then fails at that later statement, so the runner finds
+    the failing event again with ``defer_inserts`` off (one statement per event)."""
 
     def __init__(self, cursor: Any, paramstyle: str) -> None:
         self._cursor = cursor
         self._pg = paramstyle == "format"
+        self.defer_inserts = False
+        self._held: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self._pg else sql
 
+    def flush(self) -> None:
+        """Write the rows :meth:`insert` holds (nothing when none)."""
+        held, self._held = self._held, {}
+        for (table, columns), rows in held.items():
+            self.insert_many(table, columns, rows)
+
+    def insert(self, table: str, columns: Sequence[str], row: Sequence[Any]) -> None:
+        """INSERT one row now, or (``defer_inserts``) with the other rows of the batch."""
+        if self.defer_inserts:
+            self._held.setdefault((table, tuple(columns)), []).append(tuple(row))
+        else:
+            self.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", row)
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        if self._held:
+            self.flush()
         self._cursor.execute(self._sql(sql), tuple(params))
         return int(self._cursor.rowcount or 0)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self._held:
+            self.flush()
         if rows:
             self._cursor.executemany(self._sql(sql), [tuple(r) for r in rows])
 
     def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], on_conflict: str = "") -> None:
         """INSERT ``rows`` (``on_conflict``: an ``ON CONFLICT ...`` clause; a conflict key at most once
         in ``rows``). SQLite runs one prepared statement per row; PostgreSQL, from ``BULK_ROWS`` rows on,
-        COPYs them into a temporary table and inserts from it in one statement, since a statement per
-        row (even pipelined) costs more than the database's own work."""
+        COPYs them (into the table itself, or with ``on_conflict`` into a temporary table inserted from
+        in one statement), since a statement per row (even pipelined) costs more than the database's own work."""
+        if self._held:
+            self.flush()
         if not rows:
             return
         names = ", ".join(columns)
         if not self._pg or len(rows) < BULK_ROWS:
             self.executemany(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))}) {on_conflict}", rows)
+            return
+        if not on_conflict:
+            with self._cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
             return
         staging = f"cs_bulk_{table}"
         self._cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
@@ -66,6 +98,8 @@ class Tx:
         self._cursor.execute(f"TRUNCATE {staging}")
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        if self._held:
+            self.flush()
         self._cursor.execute(self._sql(sql), tuple(params))
         names = [d[0] for d in self._cursor.description]
         return [dict(zip(names, row, strict=True)) for row in self._cursor.fetchall()]
@@ -222,7 +256,9 @@ class SQLiteViewStore(ViewStore):
         conn = self._conn()
         conn.execute(statement)
         try:
-            yield Tx(conn.cursor(), "qmark")
+            tx = Tx(conn.cursor(), "qmark")
+            yield tx
+            tx.flush()
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -278,7 +314,9 @@ class PostgresViewStore(ViewStore):
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            yield Tx(cur, "format")
+            tx = Tx(cur, "format")
+            yield tx
+            tx.flush()
 
     def runner_lock(self, name: str) -> RunnerLock:
         return _AdvisoryLock(self._conninfo, name)

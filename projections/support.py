@@ -18,6 +18,7 @@ OPEN_STATES = ("new", "open", "pending", "hold", "snoozed")
 
 class SupportProjection(Projection):
     name = "support_v1"
+    handles = (Ticket.Event,)
     tables = (TICKETS,)
 
     def schema(self) -> list[str]:
@@ -35,9 +36,9 @@ class SupportProjection(Projection):
             return  # before any work: most of the log is usage and other signals
         tid, at = str(event.originator_id), utc_iso(event.occurred_at)
         if isinstance(event, Ticket.Opened):
-            tx.execute(
-                f"INSERT INTO {TICKETS} (ticket_id, customer_id, vendor, vendor_id, match, key_owner, status, priority,"
-                " subject, channel, opened_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            tx.insert(
+                TICKETS, ("ticket_id", "customer_id", "vendor", "vendor_id", "match", "key_owner", "status", "priority",
+                          "subject", "channel", "opened_at", "updated_at"),
                 (tid, event.customer_id, event.vendor, event.vendor_id, event.match, event.key_owner, event.status,
                  event.priority, event.subject, event.channel, at, at),
             )  # fmt: skip

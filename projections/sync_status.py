@@ -8,12 +8,14 @@ from typing import Any
 from events.signals import Connector
 from projections.base import Projection, utc_iso
 from projections.store import Tx, ViewStore
+from projections.usage import DAYS as USAGE_DAYS
 
 SYNC = "cs_sync_status_v1"
 
 
 class SyncStatusProjection(Projection):
     name = "sync_status_v1"
+    handles = (Connector.Event,)
     tables = (SYNC,)
 
     def schema(self) -> list[str]:
@@ -57,7 +59,7 @@ class SyncStatusView:
                 "SELECT vendor, COUNT(*) AS n FROM cs_tickets_v1 WHERE customer_id IS NULL GROUP BY vendor "
                 "UNION ALL SELECT 'nps' AS vendor, COUNT(*) AS n FROM cs_survey_responses_v1 WHERE customer_id IS NULL "
                 "UNION ALL SELECT 'sendgrid' AS vendor, COUNT(*) AS n FROM cs_email_events_v1 WHERE customer_id IS NULL "
-                "UNION ALL SELECT 'mixpanel' AS vendor, COUNT(*) AS n FROM cs_usage_days_v1 WHERE customer_id IS NULL"
+                f"UNION ALL SELECT 'mixpanel' AS vendor, COUNT(*) AS n FROM {USAGE_DAYS} WHERE customer_id IS NULL"
             )
         for row in unmatched:
             rows.setdefault(row["vendor"], {"vendor": row["vendor"]})["unmatched_records_held"] = int(row["n"])

@@ -7,6 +7,7 @@ encrypted tokens and are decrypted when read (so erasure reaches the timeline to
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -112,40 +113,58 @@ class TimelineProjection(Projection):
         ]
 
     def handle(self, tx: Tx, event: Any, position: int) -> None:
-        ticket_ref = ""
-        if isinstance(event, Customer.Event):
-            customer_id = str(event.originator_id)
-        elif isinstance(event, (Ticket.Opened, SurveyResponse.Recorded, EmailEvent.Recorded)):
-            if event.customer_id is None:
-                return  # unmatched: counted in sync status, on nobody's timeline
-            customer_id = event.customer_id
-            if isinstance(event, Ticket.Opened):
-                tx.execute(f"INSERT INTO {SUBJECTS} (aggregate_id, customer_id, label) VALUES (?, ?, ?)",
-                           (str(event.originator_id), customer_id, _ticket_ref(event)))  # fmt: skip
-        elif isinstance(event, Ticket.Event):
-            row = tx.fetchone(f"SELECT customer_id, label FROM {SUBJECTS} WHERE aggregate_id = ?", (str(event.originator_id),))
-            if row is None:
-                return
-            customer_id, ticket_ref = row["customer_id"], row["label"]
-        else:
-            return
-        tx.execute(
-            f"INSERT INTO {TIMELINE} (position, customer_id, event_id, type, occurred_at, recorded_at, actor,"
-            " source, source_id, summary, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                position,
-                customer_id,
-                str(event_id(event)),
-                event_type(event),
-                utc_iso(event.occurred_at),
-                utc_iso(event.timestamp),
-                event.actor,
-                event.source,
-                event.source_id,
-                summarise(event, ticket_ref),
-                json.dumps(details(event), sort_keys=True),
-            ),
-        )
+        self.handle_batch(tx, [(event, position)])
+
+    def handle_batch(self, tx: Tx, items: Sequence[tuple[Any, int]]) -> None:
+        """Each event's row (and a ticket's subject when it opens); the subjects of tickets opened
+        before this batch are read in one query, those opened in it are remembered."""
+        subjects: dict[str, tuple[str, str]] = {}  # ticket id -> (customer id, label)
+        wanted = sorted({str(e.originator_id) for e, _ in items if isinstance(e, Ticket.Event) and not isinstance(e, Ticket.Opened)})
+        for start in range(0, len(wanted), IDS_PER_QUERY):
+            part = wanted[start : start + IDS_PER_QUERY]
+            for row in tx.fetchall(f"SELECT aggregate_id, customer_id, label FROM {SUBJECTS} WHERE aggregate_id IN "
+                                   f"({', '.join('?' * len(part))})", part):  # fmt: skip
+                subjects[row["aggregate_id"]] = (row["customer_id"], row["label"])
+        for event, position in items:
+            ticket_ref = ""
+            if isinstance(event, Customer.Event):
+                customer_id = str(event.originator_id)
+            elif isinstance(event, (Ticket.Opened, SurveyResponse.Recorded, EmailEvent.Recorded)):
+                if event.customer_id is None:
+                    continue  # unmatched: counted in sync status, on nobody's timeline
+                customer_id = event.customer_id
+                if isinstance(event, Ticket.Opened):
+                    tid = str(event.originator_id)
+                    tx.insert(SUBJECTS, ("aggregate_id", "customer_id", "label"), (tid, customer_id, _ticket_ref(event)))
+                    subjects[tid] = (customer_id, _ticket_ref(event))
+            elif isinstance(event, Ticket.Event):
+                subject = subjects.get(str(event.originator_id))
+                if subject is None:
+                    continue
+                customer_id, ticket_ref = subject
+            else:
+                continue
+            tx.insert(
+                TIMELINE,
+                ("position", "customer_id", "event_id", "type", "occurred_at", "recorded_at", "actor", "source",
+                 "source_id", "summary", "details"),
+                (
+                    position,
+                    customer_id,
+                    str(event_id(event)),
+                    event_type(event),
+                    utc_iso(event.occurred_at),
+                    utc_iso(event.timestamp),
+                    event.actor,
+                    event.source,
+                    event.source_id,
+                    summarise(event, ticket_ref),
+                    json.dumps(details(event), sort_keys=True),
+                ),
+            )  # fmt: skip
+
+
+IDS_PER_QUERY = 500  # well under SQLite's 32,766 bound variables per statement
 
 
 class TimelineView:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from eventsourcing.persistence import StoredEvent
 from events.commands import CommandMeta
 from mcp_server.services import Services, open_services
 from projections.runner import ProjectionStoppedError
+from projections.usage import USERS, UsageProjection
 
 META = CommandMeta(actor="test", source="test")
 
@@ -38,7 +40,8 @@ def _rows(services: Services) -> dict[str, list[dict[str, Any]]]:
     out = {}
     with services.store.transaction() as tx:
         for runner in services.engine.runners.values():
-            for table in runner.projection.tables:
+            views = (USERS,) if isinstance(runner.projection, UsageProjection) else ()  # the users of a day, a row each
+            for table in (*runner.projection.tables, *views):
                 rows = tx.fetchall(f"SELECT * FROM {table}")
                 out[table] = sorted(rows, key=lambda r: sorted((k, str(v)) for k, v in r.items()))
     return out
@@ -117,3 +120,106 @@ def test_only_one_process_runs_a_projection(services: Services) -> None:
     services.engine.release()
     with open_services(services.settings, run_projections=True) as third:
         assert sorted(third.engine.own()) == sorted(services.engine.runners)
+
+
+# ------------------------------------------------------------ every signal: batch == event by event == rebuild
+def _populate_signals(services: Services) -> None:
+    """Accounts, usage imported in two files (the second adds users to days the first opened, and
+    one account matches no customer), tickets opened then solved and rated, NPS answers, e-mails;
+    the views folded after each file, so later batches add to rows of earlier ones."""
+    from tests.integration.test_health_model import (
+        ZTicket, account, at, daily_usage, load, load_customers, nps_csv, sendgrid_json, zendesk_json, FEATURES)  # fmt: skip
+
+    load_customers(services, [account("acme"), account("globex"), account("initech", mixpanel=False)])
+    first, last = date(2026, 2, 2), date(2026, 2, 6)
+    lines = daily_usage("acme", first, last, 3) + daily_usage("globex", first, last, 2, FEATURES[:2])
+    load(services, "mixpanel", "\n".join(lines), "usage-1.jsonl")
+    more = (daily_usage("acme", first, last + timedelta(days=2), 5, FEATURES[1:])  # users 3-4 new, 0-2 again
+            + daily_usage("ghost", first, first, 2))  # fmt: skip
+    load(services, "mixpanel", "\n".join(more), "usage-2.jsonl")
+    opened = [ZTicket(1, "acme", at(first), at(first)), ZTicket(2, "globex", at(first, 13), at(first, 13), priority="high")]
+    load(services, "zendesk", zendesk_json(opened), "tickets-1.json")
+    later = [ZTicket(1, "acme", at(first), at(last), status="solved", rating="good"),
+             ZTicket(2, "globex", at(first, 13), at(last, 14), status="pending", priority="urgent")]  # fmt: skip
+    load(services, "zendesk", zendesk_json(later), "tickets-2.json")
+    load(services, "nps", nps_csv([("r1", "acme", 9, at(first)), ("r2", "globex", 4, at(last))]), "nps.csv")
+    load(services, "sendgrid", sendgrid_json([("e1", "acme", "delivered", at(first)), ("e2", "globex", "bounce", at(last))]),
+         "sendgrid.json")  # fmt: skip
+
+
+def _users_from_events(services: Services) -> set[tuple[str, str, str]]:
+    """(customer_id, day, user_hash) for every user a matched usage day counted, read from the log."""
+    from events.signals import UsageDay
+
+    days: dict[Any, tuple[str | None, str]] = {}
+    users: set[tuple[str, str, str]] = set()
+    for notification in services.app.recorder.select_notifications(start=0, limit=10**6):
+        event = services.app.mapper.to_domain_event(notification)
+        if isinstance(event, UsageDay.Opened):
+            days[event.originator_id] = (event.customer_id, event.day)
+        elif isinstance(event, UsageDay.Counted):
+            cid, day = days[event.originator_id]
+            if cid is not None:
+                users |= {(cid, day, u) for u in event.users}
+    return users
+
+
+def test_rebuild_and_event_by_event_reproduce_every_signal_row(services: Services) -> None:
+    _populate_signals(services)
+    incremental = _rows(services)
+    assert len(incremental["cs_usage_days_v2"]) == 2 * 5 + 2 + 1  # acme 7 days, globex 5, ghost 1 (unmatched)
+    assert incremental["cs_ticket_history_v1"] and incremental["cs_timeline_v1"] and incremental["cs_email_events_v1"]
+
+    services.engine.rebuild()  # each batch folded by handle_batch
+    assert _rows(services) == incremental
+
+    # The same log folded one event at a time by handle (what a runner does to find a poison event).
+    engine = services.engine
+    with services.store.transaction() as tx:
+        for runner in engine.runners.values():
+            runner.projection.drop(tx)
+            for statement in runner.projection.schema_for(services.store.backend):
+                tx.execute(statement)
+        for notification in services.app.recorder.select_notifications(start=0, limit=10**6):
+            event = services.app.mapper.to_domain_event(notification)
+            for runner in engine.runners.values():
+                runner.projection.handle(tx, notification if runner.projection.raw else event, notification.id)
+    assert _rows(services) == incremental
+
+
+def test_usage_users_view_holds_one_row_per_user_and_day_counted(services: Services) -> None:
+    """The users of a day are stored as one array per day; the view shows the rows the former
+    table held: one per (customer, day, user) counted by the log, across imports, none for unmatched."""
+    _populate_signals(services)
+    expected = _users_from_events(services)
+    assert len(expected) == 5 * 7 + 2 * 5  # acme: 5 users (3, then 2 more) on 7 days; globex: 2 users on 5 days
+    for rebuilt in (False, True):
+        if rebuilt:
+            services.engine.rebuild()
+        with services.store.snapshot() as tx:
+            rows = tx.fetchall(f"SELECT customer_id, day, user_hash FROM {USERS}")
+        assert len(rows) == len(expected)  # no duplicates
+        assert {(r["customer_id"], r["day"], r["user_hash"]) for r in rows} == expected
+
+
+def test_bulk_insert_keeps_every_value_as_given(services: Services) -> None:
+    """Tx.insert_many at COPY size (on PostgreSQL COPY straight into the table, or through a temporary
+    table with ON CONFLICT): text with tabs, newlines, backslashes and COPY's markers, integers,
+    booleans, floats and NULL come back as given."""
+    from projections.store import BULK_ROWS
+
+    tricky = ["plain", "tab\there", "line\nbreak", "cr\rhere", "back\\slash", "\\N", "\\.", "", "é ☃ 𝄞", "a\\tb"]
+    rows = [(i, tricky[i % len(tricky)], None if i % 7 == 0 else i * 10**12, i % 2 == 0, None if i % 5 else 0.1 * i)
+            for i in range(BULK_ROWS + 50)]  # fmt: skip
+    with services.store.transaction() as tx:
+        tx.execute("CREATE TABLE t_bulk (id BIGINT PRIMARY KEY, txt TEXT, big BIGINT, flag BOOLEAN, x DOUBLE PRECISION)")
+        tx.insert_many("t_bulk", ("id", "txt", "big", "flag"), [r[:4] for r in rows])
+        tx.execute("CREATE TABLE t_bulk_f (id BIGINT PRIMARY KEY, x DOUBLE PRECISION)")
+        tx.insert_many("t_bulk_f", ("id", "x"), [(r[0], r[4]) for r in rows])
+        tx.insert_many("t_bulk", ("id", "txt", "big", "flag"), [r[:4] for r in rows[:BULK_ROWS]],
+                       "ON CONFLICT (id) DO UPDATE SET txt = excluded.txt || '!'")  # fmt: skip
+        got = tx.fetchall("SELECT id, txt, big, flag FROM t_bulk ORDER BY id")
+        floats = tx.fetchall("SELECT id, x FROM t_bulk_f ORDER BY id")
+    assert [(r["id"], r["txt"], r["big"], bool(r["flag"])) for r in got] == [
+        (i, t + "!" if i < BULK_ROWS else t, b, f) for i, t, b, f, _ in rows]  # fmt: skip
+    assert [(r["id"], r["x"]) for r in floats] == [(r[0], r[4]) for r in rows]
