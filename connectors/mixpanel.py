@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
@@ -107,11 +107,18 @@ def _line_decoder(account_property: str) -> msgspec.json.Decoder[Any] | None:
     return msgspec.json.Decoder(line)
 
 
-def parse_chunk(lines: list[str | bytes], first_number: int, account_property: str) -> ParsedChunk:
+def parse_chunk(lines: Iterable[str | bytes], first_number: int, account_property: str,
+                line_end: str = "") -> ParsedChunk:  # fmt: skip
     """Parse, validate and group a chunk of export lines (``first_number`` is the first one's
     line number). Each event is what :func:`parse_line` makes of its line; the usual export
     line takes a typed decode and integer arithmetic for its UTC day instead of a dict and a
-    datetime. Pure: runs in a worker process for large imports."""
+    datetime. Pure: runs in a worker process for large imports.
+
+    ``line_end``: the lines were split off a text without it (``text.split("\n")``: the
+    last piece never had one); it is put back before a line goes to :func:`parse_line`, whose
+    error messages can depend on it."""
+    lines = lines if isinstance(lines, list) else list(lines)
+    last = len(lines) - 1
     decoder = _line_decoder(account_property)
     fast_errors = (msgspec.DecodeError, RecursionError) if decoder is not None else ()  # deep nesting: RecursionError
     decode = decoder.decode if decoder is not None else None
@@ -144,7 +151,7 @@ def parse_chunk(lines: list[str | bytes], first_number: int, account_property: s
             if not line.strip():
                 continue
             try:
-                event = parse_line(line, account_property)
+                event = parse_line(line + line_end if line_end and ordinal < last else line, account_property)  # type: ignore[operator]
             except InvalidInputError as exc:
                 rejected.append((f"line {first_number + ordinal}", exc.field, str(exc).split(": ", 1)[-1]))
                 continue

@@ -161,7 +161,7 @@ class Ingestion:
         the day (duplicates count once). From two chunks on, a worker process parses the next
         chunk while this one is rolled up and committed (connectors/workers.py)."""
         matches: dict[str | None, Match] = {}
-        user_hashes: dict[tuple[str, str], str] = {}  # the same for every chunk of this import
+        user_hashes: dict[str, dict[str, str]] = {}  # per customer key: the same for every chunk
         for parsed, last in workers.parsed_chunks(lines, self.usage_chunk, self.account_property):
             for account, email in parsed.emails.items():
                 if account not in matches:

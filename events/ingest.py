@@ -101,6 +101,11 @@ class UsageGroup:
         for name, value in zip(self.__slots__, state, strict=True):
             setattr(self, name, value)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UsageGroup) and self.__getstate__() == other.__getstate__()
+
+    __hash__ = None  # type: ignore[assignment]
+
     def summarise(self) -> UsageGroup:
         self.sorted_inserts = sorted(self.inserts)
         self.distinct_users = list(dict.fromkeys(self.users))
@@ -159,9 +164,10 @@ def _instant(moment: int | datetime) -> timedelta:
 
 def _latest(times: list[int | datetime]) -> int | datetime:
     """The newest of unix seconds and aware datetimes (the first of equal instants, as max() keeps)."""
-    if all(type(t) is int for t in times):
+    try:
         return max(times)  # type: ignore[type-var]
-    return max(times, key=_instant)
+    except TypeError:  # both kinds
+        return max(times, key=_instant)
 
 
 def moment_of(value: int | datetime) -> datetime:
@@ -311,7 +317,7 @@ class SignalBatch:
 
     # -------------------------------------------------------------------- usage
     def usage(self, groups: list[UsageGroup], match_for: dict[str | None, Match],
-              user_hashes: dict[tuple[str, str], str] | None = None) -> None:  # fmt: skip
+              user_hashes: dict[str, dict[str, str]] | None = None) -> None:  # fmt: skip
         """Roll raw product events, grouped per account-day in chunk order, up per customer-day;
         an ``$insert_id`` already seen counts once. ``user_hashes`` may carry the user digests
         over from the previous chunks of the same import (they are the same for every day)."""
@@ -348,11 +354,14 @@ class SignalBatch:
                 continue
             if customer is None:
                 self.report.unmatched += len(fresh.inserts)
+            known = hashes.get(key)
+            if known is None:
+                known = hashes[key] = {}
             digests = set()
             for user in fresh.distinct_users:
-                digest = hashes.get((key, user))
+                digest = known.get(user)
                 if digest is None:
-                    digest = hashes[(key, user)] = short_hash(key, user)
+                    digest = known[user] = short_hash(key, user)
                 digests.add(digest)
             names = fresh.name_counts
             usage_day.count(

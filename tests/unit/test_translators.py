@@ -328,6 +328,9 @@ def test_mixpanel_chunk_parses_each_line_as_parse_line_does(account_property: st
             continue
         first_email.setdefault(e.account, e.email)
     assert parsed.emails == first_email  # matching sees each account's first e-mail, as before
+    text = "".join(line + "\n" for line in EXPORT_LINES)  # as split off a file read in blocks
+    assert mixpanel.parse_chunk(text.split("\n"), 11, account_property, line_end="\n") == \
+        mixpanel.parse_chunk(list(io.StringIO(text, newline="")), 11, account_property)  # fmt: skip
     for g in parsed.groups:  # what the roll-up takes when every event is new
         assert g.sorted_inserts == sorted(g.inserts) and g.distinct_users == list(dict.fromkeys(g.users))
         assert moment_of(g.latest) == max(moment_of(t) for t in g.times)
