@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from pathlib import Path
@@ -225,9 +226,9 @@ def measure_backend(path: str, events: int, customers: int, database_url: str | 
 
 def _in_child(*args: Any) -> dict[str, Any]:
     """``measure_backend`` in a fresh spawned interpreter (its own peak RSS, no warm caches)."""
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(measure_backend, args)
+    # Not a multiprocessing.Pool: its processes are daemonic and may not start the import's parser worker.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure_backend, *args).result()
 
 
 @contextmanager

@@ -16,12 +16,12 @@ import orjson
 import structlog
 from eventsourcing.persistence import IntegrityError
 
-from connectors import intercom, mixpanel, nps, sendgrid, zendesk
+from connectors import intercom, mixpanel, nps, sendgrid, workers, zendesk
 from connectors.matching import CustomerDirectory
 from events.application import CustomerSuccess
 from events.commands import CommandMeta
 from events.errors import InvalidInputError
-from events.ingest import BatchReport, Match, SignalBatch, TicketSnapshot, UsageEvent
+from events.ingest import BatchReport, Match, SignalBatch, TicketSnapshot
 from events.settings import Settings
 from events.signals import Connector, signal_id
 
@@ -49,12 +49,14 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 class Ingestion:
-    def __init__(self, app: CustomerSuccess, directory: CustomerDirectory, settings: Settings, *, actor: str) -> None:
+    def __init__(self, app: CustomerSuccess, directory: CustomerDirectory, settings: Settings, *, actor: str,
+                 usage_chunk: int = USAGE_CHUNK) -> None:  # fmt: skip
         self.app = app
         self.directory = directory
         self.settings = settings
         self.actor = actor
         self.account_property = settings.vendor.get("CS_MIXPANEL_ACCOUNT_PROPERTY") or "account_id"
+        self.usage_chunk = usage_chunk  # raw event lines per atomic append
 
     # ------------------------------------------------------------------ commit
     def _commit(self, vendor: str, channel: str, source_id: str, fill: Callable[[SignalBatch], None],
@@ -96,7 +98,7 @@ class Ingestion:
             raise InvalidInputError("SOURCE", f"unknown {source!r}; available: customers, {', '.join(FILE_SOURCES)}")
         total = BatchReport()
         if source == "mixpanel":
-            for report in self._mixpanel_lines(enumerate(stream, start=1), "import", name):
+            for report in self._mixpanel_lines(stream, "import", name):
                 total.merge(report)
                 if on_progress:
                     on_progress(report.received)
@@ -152,36 +154,25 @@ class Ingestion:
             except (TypeError, AttributeError, KeyError) as exc:  # a field of an unexpected JSON type
                 batch.reject(where, "record", f"unexpected shape ({type(exc).__name__}); see the vendor's documented format")
 
-    def _mixpanel_lines(self, lines: Iterable[tuple[int, str | bytes]], channel: str, name: str,
+    def _mixpanel_lines(self, lines: Iterable[str | bytes], channel: str, name: str,
                         final_cursor: str | None = None) -> Iterator[BatchReport]:  # fmt: skip
-        """Commit raw events chunk by chunk; only the last chunk carries the new cursor, so a
-        sync killed between chunks re-reads the day (duplicates count once)."""
+        """Commit raw events chunk by chunk of ``self.usage_chunk`` lines (numbered from 1);
+        only the last chunk carries the new cursor, so a sync killed between chunks re-reads
+        the day (duplicates count once). From two chunks on, a worker process parses the next
+        chunk while this one is rolled up and committed (connectors/workers.py)."""
         matches: dict[str | None, Match] = {}
-        chunks = _chunks(lines, USAGE_CHUNK)
-        current = next(chunks, None)
-        while current is not None:
-            following = next(chunks, None)
-            events: list[UsageEvent] = []
-            rejected: list[tuple[str, str, str]] = []
-            for number, line in current:
-                if not line.strip():
-                    continue
-                try:
-                    event = mixpanel.parse_line(line, self.account_property)
-                except InvalidInputError as exc:
-                    rejected.append((f"line {number}", exc.field, str(exc).split(": ", 1)[-1]))
-                    continue
-                if event.account not in matches:
-                    matches[event.account] = mixpanel.match_account(self.directory, event.account, event.email)
-                events.append(event)
+        user_hashes: dict[str, dict[str, str]] = {}  # per customer key: the same for every chunk
+        for parsed, last in workers.parsed_chunks(lines, self.usage_chunk, self.account_property):
+            for account, email in parsed.emails.items():
+                if account not in matches:
+                    matches[account] = mixpanel.match_account(self.directory, account, email)
 
-            def fill(batch: SignalBatch, events: list[UsageEvent] = events, rejected: list[Any] = rejected) -> None:
-                batch.usage(events, matches)
-                for where, field_name, reason in rejected:
+            def fill(batch: SignalBatch, parsed: mixpanel.ParsedChunk = parsed) -> None:
+                batch.usage(parsed.groups, matches, user_hashes)
+                for where, field_name, reason in parsed.rejected:
                     batch.reject(where, field_name, reason)
 
-            yield self._commit("mixpanel", channel, name, fill, final_cursor if following is None else None)
-            current = following
+            yield self._commit("mixpanel", channel, name, fill, final_cursor if last else None)
 
     # ------------------------------------------------------------------- syncs
     async def sync(self, vendor: str, client: Any, *, today: date | None = None, lookback_days: int = 90,
@@ -228,7 +219,7 @@ class Ingestion:
                 lines = await self._export_range(client, project, day, end)
                 complete = min(end.isoformat(), yesterday)
                 complete = complete if complete >= (last or "") else last  # today is re-read next time
-                for report in self._mixpanel_lines(lines, "sync", f"export {day}..{end}", complete):
+                for report in self._mixpanel_lines([line for _, line in lines], "sync", f"export {day}..{end}", complete):
                     total.merge(report)
                 if not lines and complete and complete != last:
                     total.merge(self._commit(vendor, "sync", f"export {day}..{end}", lambda b: None, complete))

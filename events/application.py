@@ -13,8 +13,9 @@ from datetime import date, datetime, time, timezone
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import IntegrityError, Recording, StoredEvent
 from pydantic import ValidationError
 
 from events.commands import (
@@ -120,6 +121,20 @@ class CustomerSuccess(Application[UUID], MilestoneCommands):
     def exists(self, aggregate_id: UUID) -> bool:
         """One indexed row read (``id in repository`` would replay the whole aggregate)."""
         return bool(self.recorder.select_events(aggregate_id, limit=1))
+
+    def save_events(self, events: list[DomainEventProtocol[UUID]], *aggregates: Any) -> list[Recording[UUID]]:
+        """``save(*events, *aggregates)`` for the many pending events of a bulk import: the same
+        atomic append, cache, snapshots and notifications, without ``save``'s runtime-Protocol
+        ``isinstance`` test per object (about 25 µs each on Python 3.11: some 2 s of a
+        1M-event Mixpanel import appending 77,000 events). ``events`` must be domain events."""
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+        processing_event.events.extend(events)
+        processing_event.collect_events(*aggregates)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)  # as save() does (deprecated hook, a no-op here)
+        return recordings
 
     def load_many(self, aggregate_ids: Iterable[UUID], batch: int = 500) -> dict[UUID, Any]:
         """The stored aggregates among ``aggregate_ids`` (absent ids are left out), each folded

@@ -13,7 +13,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
@@ -69,6 +69,109 @@ class UsageEvent(NamedTuple):
     time: datetime
     insert_id: str
     email: str | None = None
+
+
+class UsageGroup:
+    """The raw product events of one account on one UTC day within a chunk of lines, as
+    columns: what crosses from the process that parses lines to the one that rolls them up.
+
+    Events are deduplicated by ``$insert_id`` digest within the group (the first occurrence
+    is kept, later ones only count as duplicates and for the newest time). ``times`` hold
+    unix seconds (ints) for the export's usual timestamps and aware datetimes for the rest,
+    so no datetime is built per event. :meth:`summarise` fills in what the roll-up needs
+    when every event turns out to be new (the usual case), so that costs nothing per event
+    on the committing side."""
+
+    __slots__ = ("account", "day", "first", "inserts", "users", "names", "times", "ordinals", "repeats",
+                 "sorted_inserts", "distinct_users", "name_counts", "latest", "latest_all")  # fmt: skip
+
+    def __init__(self, account: str | None, day: date, first: int) -> None:
+        self.account, self.day, self.first = account, day, first  # first: the ordinal of its first event
+        self.inserts: list[str] = []  # per event, in chunk order: $insert_id digest (unique here)
+        self.users: list[str] = []
+        self.names: list[str] = []
+        self.times: list[int | datetime] = []
+        self.ordinals: list[int] = []  # position of the event in its chunk (to merge groups in order)
+        self.repeats: list[int | datetime] = []  # times of the events whose digest came earlier
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UsageGroup) and self.__getstate__() == other.__getstate__()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def summarise(self) -> UsageGroup:
+        self.sorted_inserts = sorted(self.inserts)
+        self.distinct_users = list(dict.fromkeys(self.users))
+        self.name_counts = dict(Counter(self.names))  # first-seen order
+        self.latest = _latest(self.times) if self.times else None  # None: every event was seen before
+        self.latest_all = _latest([*self.times, *self.repeats]) if self.repeats else self.latest
+        return self
+
+    @property
+    def size(self) -> int:
+        """Events in the group, duplicates within it included."""
+        return len(self.inserts) + len(self.repeats)
+
+    def without(self, seen: set[str]) -> UsageGroup:
+        """The events whose digest is not in ``seen``, in the same order (summarised)."""
+        fresh = UsageGroup(self.account, self.day, self.first)
+        for i, digest in enumerate(self.inserts):
+            if digest not in seen:
+                fresh.inserts.append(digest)
+                fresh.users.append(self.users[i])
+                fresh.names.append(self.names[i])
+                fresh.times.append(self.times[i])
+                fresh.ordinals.append(self.ordinals[i])
+        return fresh.summarise()
+
+    @classmethod
+    def merged(cls, parts: list[UsageGroup]) -> UsageGroup:
+        """Several accounts' groups of one customer-day as one, events in chunk order (a digest
+        seen in two of them is kept once, at its first occurrence)."""
+        rows = sorted((o, p, i) for p, part in enumerate(parts) for i, o in enumerate(part.ordinals))
+        whole = cls(parts[0].account, parts[0].day, min(part.first for part in parts))
+        kept: set[str] = set()
+        for _, p, i in rows:
+            part = parts[p]
+            digest = part.inserts[i]
+            if digest in kept:
+                whole.repeats.append(part.times[i])
+                continue
+            kept.add(digest)
+            whole.inserts.append(digest)
+            whole.users.append(part.users[i])
+            whole.names.append(part.names[i])
+            whole.times.append(part.times[i])
+            whole.ordinals.append(part.ordinals[i])
+        for part in parts:
+            whole.repeats.extend(part.repeats)
+        return whole.summarise()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _instant(moment: int | datetime) -> timedelta:
+    return timedelta(seconds=moment) if type(moment) is int else moment - _EPOCH  # type: ignore[operator]
+
+
+def _latest(times: list[int | datetime]) -> int | datetime:
+    """The newest of unix seconds and aware datetimes (the first of equal instants, as max() keeps)."""
+    try:
+        return max(times)  # type: ignore[type-var]
+    except TypeError:  # both kinds
+        return max(times, key=_instant)
+
+
+def moment_of(value: int | datetime) -> datetime:
+    return datetime.fromtimestamp(value, timezone.utc) if type(value) is int else value  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -218,51 +321,63 @@ class SignalBatch:
         return "unchanged"
 
     # -------------------------------------------------------------------- usage
-    def usage(self, events: list[UsageEvent], match_for: dict[str | None, Match]) -> None:
-        """Roll raw product events up per customer-day; ``$insert_id`` already seen counts once."""
+    def usage(self, groups: list[UsageGroup], match_for: dict[str | None, Match],
+              user_hashes: dict[str, dict[str, str]] | None = None) -> None:  # fmt: skip
+        """Roll raw product events, grouped per account-day in chunk order, up per customer-day;
+        an ``$insert_id`` already seen counts once. ``user_hashes`` may carry the user digests
+        over from the previous chunks of the same import (they are the same for every day)."""
         customers = {account: str(m.customer_id) if m.customer_id else None for account, m in match_for.items()}
-        utc = timezone.utc
-        groups: dict[tuple[str | None, str, date], list[UsageEvent]] = {}
-        for e in events:
-            customer = customers[e.account]
-            account = "" if customer else (e.account or "")  # a matched customer's days are one stream
-            utc_day = (e.time if e.time.tzinfo is utc else e.time.astimezone(utc)).date()
-            groups.setdefault((customer, account, utc_day), []).append(e)
-        self.report.received += len(events)
-        keys = {group: (group[0], group[1], group[2].isoformat()) for group in groups}
+        hashes = {} if user_hashes is None else user_hashes
+        merged: dict[tuple[str | None, str, date], list[UsageGroup]] = {}
+        for g in groups:  # in the order of their first event, as the customer-days are then
+            customer = customers[g.account]
+            merged.setdefault((customer, "" if customer else (g.account or ""), g.day), []).append(g)
+            self.report.received += g.size
+        keys = {group: (group[0], group[1], group[2].isoformat()) for group in merged}
         uids = {group: UsageDay.create_id(*key) for group, key in keys.items()}
         self._preload(uids.values())
-        for group, items in groups.items():
+        for group, parts in merged.items():
             customer, account, day = keys[group]
             uid = uids[group]
             key = customer or f"unmatched:{account}"
+            whole = parts[0] if len(parts) == 1 else UsageGroup.merged(parts)
             usage_day: UsageDay | None = self._load(uid)  # type: ignore[assignment]
             if usage_day is None:
-                latest = max(e.time for e in items)
-                usage_day = UsageDay(customer_id=customer, account=account, day=day, **self._kw(latest, f"{key}/{day}"))
+                usage_day = UsageDay(customer_id=customer, account=account, day=day,
+                                     **self._kw(moment_of(whole.latest_all), f"{key}/{day}"))  # fmt: skip
                 self._aggregates[uid] = usage_day
             seen = usage_day.seen_inserts
-            fresh: dict[str, UsageEvent] = {}
-            for e in items:
-                digest = short_hash(e.insert_id)
-                if digest not in seen and digest not in fresh:
-                    fresh[digest] = e
-            self.report.duplicates += len(items) - len(fresh)
-            if not fresh:
+            if not seen or seen.isdisjoint(whole.inserts):
+                fresh = whole
+            elif seen.issuperset(whole.inserts):  # a file or day read again
+                self.report.duplicates += whole.size
+                continue
+            else:
+                fresh = whole.without(seen)
+            self.report.duplicates += whole.size - len(fresh.inserts)
+            if not fresh.inserts:
                 continue
             if customer is None:
-                self.report.unmatched += len(fresh)
-            users = sorted({short_hash(key, user) for user in {e.user for e in fresh.values()}} - usage_day.seen_users)
-            names = Counter(e.name for e in fresh.values())  # first-seen order, as the features dict keeps it
+                self.report.unmatched += len(fresh.inserts)
+            known = hashes.get(key)
+            if known is None:
+                known = hashes[key] = {}
+            digests = set()
+            for user in fresh.distinct_users:
+                digest = known.get(user)
+                if digest is None:
+                    digest = known[user] = short_hash(key, user)
+                digests.add(digest)
+            names = fresh.name_counts
             usage_day.count(
-                events=len(fresh),
+                events=len(fresh.inserts),
                 sessions=sum(n for name, n in names.items() if name in SESSION_EVENTS),
-                users=users,
+                users=sorted(digests - usage_day.seen_users),
                 features={name: n for name, n in names.items() if name not in SESSION_EVENTS},
-                insert_ids=sorted(fresh),
-                **self._kw(max(e.time for e in fresh.values()), f"{key}/{day}"),
+                insert_ids=fresh.sorted_inserts,
+                **self._kw(moment_of(fresh.latest), f"{key}/{day}"),
             )
-            self.report.recorded += len(fresh)
+            self.report.recorded += len(fresh.inserts)
 
     # ------------------------------------------------------------------ surveys
     def survey(self, answer: SurveyAnswer, match: Match) -> str:
@@ -328,7 +443,7 @@ class SignalBatch:
                                **self._kw(now, self.meta.source_id))  # fmt: skip
             # The connector goes in as an aggregate, not as events, so the application's
             # snapshotting interval applies to it (it gains an event per batch for ever).
-            recordings = self.app.save(*pending, connector)
+            recordings = self.app.save_events(pending, connector)
             self.report.position = recordings[-1].notification.id
         self._aggregates.clear()
         self._absent.clear()

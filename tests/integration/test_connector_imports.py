@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import io
 import json
+import random
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from connectors.service import Ingestion
 from events.settings import Settings
 from mcp_server.services import open_services
-from tests.support.connectors import ACME, GLOBEX, INITECH, register_customers, sync_row
+from projections.profile import CustomerDirectory
+from projections.usage import DAYS, FEATURES
+from tests.support.connectors import ACME, GLOBEX, INITECH, another_store, register_customers, sync_row
 from tests.support.vendors import intercom_conversation, mixpanel_event, sendgrid_event, zendesk_ticket
 
 T0 = datetime(2026, 2, 2, 10, 0, tzinfo=UTC)
@@ -136,3 +142,139 @@ def test_import_file_is_idempotent_keeps_unmatched_and_rejects_bad_records(setti
         assert second.duplicates == case.recorded + case.duplicates  # every good record: a duplicate
         assert second.rejected == case.rejected
         assert svc.app.last_position() == position  # nothing at all was appended
+
+
+# ------------------------------------------------ a large Mixpanel file, chunk by chunk
+SESSIONS = {"$session_start", "session_start", "Session Start", "$ae_session", "App Open"}  # as events.ingest
+
+
+def _big_mixpanel_lines() -> list[str]:
+    """About 2,400 export lines over three UTC days: known and unknown accounts, events
+    without an account, repeated ``$insert_id`` (within a chunk and across chunks), events
+    without ``$insert_id``, times as unix seconds, milliseconds and ISO text, a user id that
+    is a number, blank and bad lines. Deterministic."""
+    rng = random.Random(7)
+    accounts = ["acct-acme", "acct-globex", "acct-ghost", "acct-nobody", ""]
+    names = ["$session_start", "Report Viewed", "Export", "Search", "Invite Sent"]
+    lines: list[str] = []
+    for i in range(2_400):
+        ts = T0 + timedelta(seconds=rng.randrange(3 * 86_400))
+        event = mixpanel_event(rng.choice(names), rng.choice(accounts), f"u{rng.randrange(12)}", ts, f"ins-{i}")
+        props = event["properties"]
+        roll = rng.random()
+        if roll < 0.05:
+            props["time"] = props["time"] * 1000  # milliseconds
+        elif roll < 0.08:
+            props["time"] = ts.isoformat()
+        elif roll < 0.11:
+            del props["$insert_id"]
+        elif roll < 0.13:
+            props["distinct_id"] = rng.randrange(5)
+        lines.append(json.dumps(event))
+        if rng.random() < 0.04:
+            lines.append(rng.choice(lines))  # the export repeats an event now and then
+        if rng.random() < 0.01:
+            lines.append(rng.choice(["", '{"event":"x","properties":{"ti', '{"event":"x","properties":{"time":1}}']))
+    return lines
+
+
+def _usage_expected(lines: list[str]) -> tuple[set[tuple[Any, ...]], int, int, set[int]]:
+    """Per customer-day (independently of the import code): events, sessions, distinct users,
+    uses per feature; an ``$insert_id`` counted once. Also the duplicates, the unmatched
+    events and the numbers of the lines that must be rejected."""
+    by_account = {"acct-acme": ACME, "acct-globex": GLOBEX}
+    days: dict[tuple[Any, str, str], dict[str, Any]] = {}
+    seen: set[tuple[Any, str, str, str]] = set()
+    duplicates = unmatched = 0
+    rejected: set[int] = set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            props = json.loads(line)["properties"]
+            user, name = str(props["distinct_id"]), json.loads(line)["event"]
+        except (ValueError, KeyError):
+            rejected.add(number)
+            continue
+        raw = props["time"]
+        when = (datetime.fromisoformat(raw) if isinstance(raw, str)
+                else datetime.fromtimestamp(raw / 1000 if raw > 10**12 else raw, UTC))  # fmt: skip
+        account = props.get("account_id") or ""
+        customer = by_account.get(account)
+        key = (customer, "" if customer else account, when.astimezone(UTC).date().isoformat())
+        insert = props.get("$insert_id") or f"{name}|{user}|{raw}"
+        if (*key, insert) in seen:
+            duplicates += 1
+            continue
+        seen.add((*key, insert))
+        unmatched += customer is None
+        day = days.setdefault(key, {"events": 0, "sessions": 0, "users": set(), "features": Counter()})
+        day["events"] += 1
+        day["users"].add(user)
+        if name in SESSIONS:
+            day["sessions"] += 1
+        else:
+            day["features"][name] += 1
+    rows = {(c, a, d, v["events"], v["sessions"], len(v["users"]),
+             tuple(sorted(v["features"].items())) if c else ())  # unmatched usage is not broken down
+            for (c, a, d), v in days.items()}  # fmt: skip
+    return rows, duplicates, unmatched, rejected
+
+
+def _usage_rows(svc: Any) -> set[tuple[Any, ...]]:
+    svc.engine.ensure_current()
+    with svc.store.snapshot() as tx:
+        days = tx.fetchall(f"SELECT customer_id, account, day, events, sessions, active_users FROM {DAYS}")
+        features: dict[tuple[Any, str], list[tuple[str, int]]] = {}
+        for r in tx.fetchall(f"SELECT customer_id, day, feature, uses FROM {FEATURES}"):
+            features.setdefault((r["customer_id"], r["day"]), []).append((r["feature"], r["uses"]))
+    key = {None: "unmatched:"}
+    return {(r["customer_id"], r["account"], r["day"], r["events"], r["sessions"], r["active_users"],
+             tuple(sorted(features.get((r["customer_id"] or key[None] + r["account"], r["day"]), []))))
+            for r in days}  # fmt: skip
+
+
+def test_large_mixpanel_file_in_chunks_matches_an_independent_count(
+    settings: Settings, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The import of a file in many chunks (a worker process parses the next one while one is
+    committed) ends in the usage the raw lines hold; read again it records nothing; stopped
+    between chunks and run again, it ends in the same state; in one chunk, the same usage."""
+    lines = _big_mixpanel_lines()
+    text = "\n".join(lines) + "\n"
+    expected, duplicates, unmatched, rejected = _usage_expected(lines)
+    with open_services(settings) as svc:
+        register_customers(svc)
+        chunked = Ingestion(svc.app, CustomerDirectory(svc.store), settings, actor="test", usage_chunk=300)
+        first = chunked.import_file("mixpanel", io.StringIO(text), "big.jsonl")
+        assert {int(r["where"].removeprefix("line ")) for r in first.rejected} == rejected
+        assert (first.recorded, first.duplicates, first.unmatched) == (
+            sum(r[3] for r in expected), duplicates, unmatched)  # fmt: skip
+        assert first.received == len([line for line in lines if line.strip()])
+        assert _usage_rows(svc) == expected
+        position = svc.app.last_position()
+        again = chunked.import_file("mixpanel", io.StringIO(text), "big.jsonl")
+        assert (again.recorded, again.duplicates, again.rejected) == (0, first.recorded + duplicates, first.rejected)
+        assert svc.app.last_position() == position
+
+    with another_store(settings, request, tmp_path / "stopped") as fresh, open_services(fresh) as svc:
+        register_customers(svc)
+        chunked = Ingestion(svc.app, CustomerDirectory(svc.store), fresh, actor="test", usage_chunk=300)
+
+        def stop_after_three_chunks(_: int, calls: list[int] = []) -> None:  # noqa: B006
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt  # killed between two commits
+
+        with pytest.raises(KeyboardInterrupt):
+            chunked.import_file("mixpanel", io.StringIO(text), "big.jsonl", stop_after_three_chunks)
+        assert _usage_rows(svc) != expected
+        chunked.import_file("mixpanel", io.StringIO(text), "big.jsonl")
+        assert _usage_rows(svc) == expected
+
+    with another_store(settings, request, tmp_path / "whole") as fresh, open_services(fresh) as svc:
+        register_customers(svc)
+        whole = Ingestion(svc.app, CustomerDirectory(svc.store), fresh, actor="test", usage_chunk=100_000)
+        report = whole.import_file("mixpanel", io.StringIO(text), "big.jsonl")
+        assert (report.recorded, report.duplicates, report.unmatched) == (first.recorded, duplicates, unmatched)
+        assert _usage_rows(svc) == expected

@@ -15,13 +15,16 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from connectors import intercom, mixpanel, nps, sendgrid, zendesk
 from connectors.matching import email_domain, match
+from connectors.workers import chunk_lines, line_chunks
 from events.errors import InvalidInputError
-from events.ingest import Match, Rating
+from events.ingest import Match, Rating, moment_of, short_hash
 
 
 def utc(text: str) -> datetime:
@@ -253,6 +256,110 @@ def test_mixpanel_time_in_ms_and_events_without_insert_id() -> None:
 )  # fmt: skip
 def test_mixpanel_bad_line_names_the_field(line: str, field: str) -> None:
     assert field_of(mixpanel.parse_line, line, "account_id") == field
+
+
+def _line(props: dict[str, Any], event: Any = "Report Viewed") -> str:
+    return json.dumps({"event": event, "properties": {"time": 1602611311, "distinct_id": "u1", **props}})
+
+
+EXPORT_LINES = [
+    MIXPANEL_LINE,
+    _line({"$insert_id": "a1", "account_id": "acct-1", "$email": "ann@acme.example", "mp_lib": "web"}),
+    _line({"$insert_id": "a1", "account_id": "acct-1", "time": 1602611399}),  # same insert id: counted once
+    _line({"$insert_id": "a2", "account_id": "acct-1", "time": 1602611311.5}),  # a float time
+    _line({"$insert_id": "a3", "account_id": "acct-1", "time": 1602611311123}),  # milliseconds
+    _line({"$insert_id": "a4", "account_id": "acct-1", "time": "2020-10-13T23:59:59+02:00"}),  # ISO, other offset
+    _line({"$insert_id": "a5", "account_id": "acct-1", "time": "1602611311"}),  # digits as text
+    _line({"$insert_id": "a6", "account_id": 42, "distinct_id": 7}),  # numbers where text is usual
+    _line({"account_id": "acct-2"}),  # no $insert_id: Mixpanel's (event, distinct_id, time)
+    _line({"$insert_id": "", "account_id": "acct-2", "time": 1602611312}),
+    _line({"$insert_id": None, "account_id": "", "$email": 5}),  # empty account, e-mail not text
+    _line({"$insert_id": "a7", "account_id": "acct-2"}, event="x" * 300),  # long name: cut at 200
+    _line({"$insert_id": "a8", "account_id": "acct-2", "$email": "bo@globex.example"}, event="$session_start"),
+    _line({"$insert_id": "a9", "account_id": None, "time": 86_400 * 20_000 - 1}),  # the last second of a day
+    "", "   ", '{"event":"x"}', '{"properties":{"time":1,"distinct_id":"u"}}', _line({"time": True}),
+    _line({"time": "noon"}), _line({"distinct_id": ""}), _line({"time": -5}), _line({}, event=""),
+    '{"event":"x","properties":{"ti', "[1, 2]", '{"event":"x","properties":[]}', "not json at all",
+    _line({"$insert_id": "b1", "deep": [[[[[]]]]] * 3}), _line({"deep": "[" * 2_000}).replace('"' + "[" * 2_000 + '"', "[" * 2_000 + "]" * 2_000),
+    _line({"$insert_id": "b2", "bad": "\x01"}).replace("\\u0001", "\x01"),  # a raw control character: not JSON
+]
+
+
+def _chunk_events(parsed: mixpanel.ParsedChunk) -> list[tuple[Any, ...]]:
+    return sorted((o, g.account, g.day, d, u, n, moment_of(t))
+                  for g in parsed.groups for d, u, n, t, o in zip(g.inserts, g.users, g.names, g.times, g.ordinals))  # fmt: skip
+
+
+def _line_by_line(lines: list[str], first: int, account_property: str) -> tuple[list[Any], list[Any], int]:
+    """What parse_line makes of each line, deduplicated per account-day as the roll-up does."""
+    events, rejected, seen, repeats = [], [], set(), 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            e = mixpanel.parse_line(line, account_property)
+        except InvalidInputError as exc:
+            rejected.append((f"line {first + i}", exc.field, str(exc).split(": ", 1)[-1]))
+            continue
+        key = (e.account, e.time.astimezone(UTC).date(), short_hash(e.insert_id))
+        if key in seen:
+            repeats += 1
+            continue
+        seen.add(key)
+        events.append((i, e.account, key[1], key[2], e.user, e.name, e.time))
+    return events, rejected, repeats
+
+
+@pytest.mark.parametrize("account_property", ["account_id", "$email", "mp_lib"])
+def test_mixpanel_chunk_parses_each_line_as_parse_line_does(account_property: str) -> None:
+    """The typed fast path and its fallback give, line for line, the events and rejections of
+    parse_line ("$email" as the account property takes the fallback for every line)."""
+    parsed = mixpanel.parse_chunk(EXPORT_LINES, 11, account_property)
+    events, rejected, repeats = _line_by_line(EXPORT_LINES, 11, account_property)
+    assert _chunk_events(parsed) == events
+    assert parsed.rejected == rejected and len(rejected) == 12
+    assert sum(len(g.repeats) for g in parsed.groups) == repeats
+    assert sum(g.size for g in parsed.groups) == len(events) + repeats
+    first_email: dict[Any, Any] = {}
+    for line in EXPORT_LINES:
+        try:
+            e = mixpanel.parse_line(line, account_property)
+        except InvalidInputError:
+            continue
+        first_email.setdefault(e.account, e.email)
+    assert parsed.emails == first_email  # matching sees each account's first e-mail, as before
+    text = "".join(line + "\n" for line in EXPORT_LINES)  # as split off a file read in blocks
+    assert mixpanel.parse_chunk(text.split("\n"), 11, account_property, line_end="\n") == \
+        mixpanel.parse_chunk(list(io.StringIO(text, newline="")), 11, account_property)  # fmt: skip
+    for g in parsed.groups:  # what the roll-up takes when every event is new
+        assert g.sorted_inserts == sorted(g.inserts) and g.distinct_users == list(dict.fromkeys(g.users))
+        assert moment_of(g.latest) == max(moment_of(t) for t in g.times)
+
+
+class _Trickle(io.TextIOBase):
+    """A text stream that returns at most ``step`` characters per read (block edges anywhere)."""
+
+    def __init__(self, text: str, step: int) -> None:
+        self.text, self.position, self.step = text, 0, step
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        take = self.step if size is None or size < 0 else min(size, self.step)
+        out = self.text[self.position : self.position + take]
+        self.position += len(out)
+        return out
+
+
+@given(st.lists(st.sampled_from(["a", "{}", " ", "\n", "\r", "\r\n", "\u2028"]), max_size=60),
+       st.integers(1, 7), st.integers(1, 9))  # fmt: skip
+def test_chunks_of_a_text_stream_split_lines_as_the_stream_does(pieces: list[str], size: int, step: int) -> None:
+    text = "".join(pieces)
+    lines = list(io.StringIO(text, newline=""))  # what iterating `open(path, newline="")` gives
+    chunks = [(list(chunk_lines(c)), n) for c, n in line_chunks(_Trickle(text, step), size)]
+    assert [c for c, _ in chunks] == [lines[i : i + size] for i in range(0, len(lines), size)]
+    assert all(len(c) == n for c, n in chunks)
 
 
 # -------------------------------------------------------------------------------------- SendGrid
