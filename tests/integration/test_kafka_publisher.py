@@ -386,3 +386,41 @@ def test_tansu_broker_restarts_on_its_port_and_leaves_no_process() -> None:
         assert tansu.process is not None and tansu.port == port and running(tansu.process.pid)
         second = tansu.process.pid
     assert not running(second)
+
+
+def test_a_record_over_the_request_size_fails_its_batch_and_the_rest_is_published(
+    tmp_path: Path, broker: KafkaBroker
+) -> None:
+    """The sink appends records straight to kafka-python's accumulator, but a record near
+    ``max_request_size`` still goes through ``KafkaProducer.send`` and its size check: a batch
+    holding an envelope bigger than the limit fails with the client's MessageSizeTooLargeError
+    and the relay keeps its checkpoint; with room for it, the same batch is published once."""
+    from kafka.errors import MessageSizeTooLargeError
+
+    settings = kafka_settings(tmp_path, broker.bootstrap)
+    with open_services(settings) as svc:
+        svc.app.register_customer(
+            {"external_key": "big", "name": "B" * 200, "tier": "growth", "arr": 1.0}, META
+        )  # fmt: skip
+        svc.app.update_customer("big", {"arr": 2.0}, META)
+        relay = publisher(svc)
+        sink = relay.sink
+        batch = svc.app.recorder.select_notifications(start=1, limit=10)
+        sizes = [len(value) for _, value, _ in sink.prepare(batch)]  # type: ignore[attr-defined]
+        assert max(sizes) - min(sizes) > 150, sizes
+        limit = max(sizes) - 50  # the biggest record (with its batch header) is over it, the others not
+
+        small = type(sink)(settings.kafka_bootstrap, settings.kafka_topic, sink.encode, max_request_size=limit)  # type: ignore[attr-defined]
+        relay.sink = small
+        try:
+            with pytest.raises(MessageSizeTooLargeError):
+                small(batch)
+            assert relay.pump() == 0 and relay.last_error and "MessageSizeTooLarge" in relay.last_error
+            assert relay.checkpoint() == 0
+        finally:
+            small.close()
+        relay.sink, relay._retry_at = sink, 0.0
+        assert relay.pump() == len(batch) and relay.checkpoint() == svc.app.last_position()
+        records = read_topic(broker.bootstrap, settings.kafka_topic)
+    assert sorted(json.loads(r.value)["position"] for r in records) == [n.id for n in batch]
+    assert all(header(r, "event_id").decode() == json.loads(r.value)["event_id"] for r in records)
