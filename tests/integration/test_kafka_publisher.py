@@ -424,3 +424,32 @@ def test_a_record_over_the_request_size_fails_its_batch_and_the_rest_is_publishe
         records = read_topic(broker.bootstrap, settings.kafka_topic)
     assert sorted(json.loads(r.value)["position"] for r in records) == [n.id for n in batch]
     assert all(header(r, "event_id").decode() == json.loads(r.value)["event_id"] for r in records)
+
+
+def test_a_sent_batch_leaves_before_its_confirmation(tmp_path: Path, broker: KafkaBroker) -> None:
+    """``KafkaSink.send`` begins the producer's flush (``confirm`` awaits it), so a batch goes to
+    the broker while the relay encodes the next one, not when the linger expires: with a linger
+    of ten minutes the records are readable before ``confirm`` is called, and ``confirm`` then
+    returns with every record acknowledged; the next batch is sent and confirmed the same way."""
+    settings = kafka_settings(tmp_path, broker.bootstrap)
+    with open_services(settings) as svc:
+        write_history(svc, customers=4, tag="early")
+        relay = publisher(svc)
+        notifications = svc.app.recorder.select_notifications(start=1, limit=1000)
+        sink = type(relay.sink)(
+            settings.kafka_bootstrap, settings.kafka_topic, relay.sink.encode,  # type: ignore[attr-defined]
+            linger_ms=600_000, delivery_timeout_ms=700_000,
+        )
+        first, second = notifications[:5], notifications[5:]
+        try:
+            for part in (first, second):
+                sink.send(sink.prepare(part))
+                done = len(part) + (len(first) if part is second else 0)
+                wait_until(
+                    lambda: len(read_topic(broker.bootstrap, settings.kafka_topic)) >= done, 20, "the batch on the broker"
+                )
+                sink.confirm()
+        finally:
+            sink.close()
+        records = read_topic(broker.bootstrap, settings.kafka_topic)
+    assert sorted(json.loads(r.value)["position"] for r in records) == [n.id for n in notifications]
