@@ -131,9 +131,10 @@ def run(events: int, burst: int, bootstrap: str) -> dict[str, Any]:
             # Throughput: a backlog written while the publisher was stopped.
             head = max(write_events(svc, events, "backlog"))
             backlog = head - relay.checkpoint()
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             drain(relay, head)
             publish_s = time.perf_counter() - started
+            publish_cpu_s = time.process_time() - cpu_started  # every thread of this process
             svc.engine.catch_up()  # the views too, so the burst below starts from a current process
 
             # Lag: the background threads of `cs serve`, a consumer in another process.
@@ -168,6 +169,9 @@ def run(events: int, burst: int, bootstrap: str) -> dict[str, Any]:
         "backlog_events": backlog,
         "publish_s": publish_s,
         "publish_events_per_s": publish_rate,
+        "publish_cpu_s": publish_cpu_s,
+        "publish_cpu_us_per_event": publish_cpu_s / backlog * 1e6,
+        "publish_events_per_cpu_s": backlog / publish_cpu_s,
         "burst_events": len(written),
         "burst_write_s": burst_write_s,
         "burst_write_events_per_s": len(written) / burst_write_s,
@@ -182,7 +186,7 @@ def run(events: int, burst: int, bootstrap: str) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench kafka_publish", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=10_000, help="backlog published for throughput (default 10000)")
+    parser.add_argument("--events", type=int, default=50_000, help="backlog published for throughput (default 50000)")
     parser.add_argument("--burst", type=int, default=10_000, help="events written in the lag burst (default 10000)")
     parser.add_argument("--bootstrap", help="host:port of a broker (default: $CS_KAFKA_BOOTSTRAP, else Tansu)")
     args = parser.parse_args(argv)

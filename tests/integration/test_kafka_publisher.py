@@ -386,3 +386,70 @@ def test_tansu_broker_restarts_on_its_port_and_leaves_no_process() -> None:
         assert tansu.process is not None and tansu.port == port and running(tansu.process.pid)
         second = tansu.process.pid
     assert not running(second)
+
+
+def test_a_record_over_the_request_size_fails_its_batch_and_the_rest_is_published(
+    tmp_path: Path, broker: KafkaBroker
+) -> None:
+    """The sink appends records straight to kafka-python's accumulator, but a record near
+    ``max_request_size`` still goes through ``KafkaProducer.send`` and its size check: a batch
+    holding an envelope bigger than the limit fails with the client's MessageSizeTooLargeError
+    and the relay keeps its checkpoint; with room for it, the same batch is published once."""
+    from kafka.errors import MessageSizeTooLargeError
+
+    settings = kafka_settings(tmp_path, broker.bootstrap)
+    with open_services(settings) as svc:
+        svc.app.register_customer(
+            {"external_key": "big", "name": "B" * 200, "tier": "growth", "arr": 1.0}, META
+        )  # fmt: skip
+        svc.app.update_customer("big", {"arr": 2.0}, META)
+        relay = publisher(svc)
+        sink = relay.sink
+        batch = svc.app.recorder.select_notifications(start=1, limit=10)
+        sizes = [len(value) for _, value, _ in sink.prepare(batch)]  # type: ignore[attr-defined]
+        assert max(sizes) - min(sizes) > 150, sizes
+        limit = max(sizes) - 50  # the biggest record (with its batch header) is over it, the others not
+
+        small = type(sink)(settings.kafka_bootstrap, settings.kafka_topic, sink.encode, max_request_size=limit)  # type: ignore[attr-defined]
+        relay.sink = small
+        try:
+            with pytest.raises(MessageSizeTooLargeError):
+                small(batch)
+            assert relay.pump() == 0 and relay.last_error and "MessageSizeTooLarge" in relay.last_error
+            assert relay.checkpoint() == 0
+        finally:
+            small.close()
+        relay.sink, relay._retry_at = sink, 0.0
+        assert relay.pump() == len(batch) and relay.checkpoint() == svc.app.last_position()
+        records = read_topic(broker.bootstrap, settings.kafka_topic)
+    assert sorted(json.loads(r.value)["position"] for r in records) == [n.id for n in batch]
+    assert all(header(r, "event_id").decode() == json.loads(r.value)["event_id"] for r in records)
+
+
+def test_a_sent_batch_leaves_before_its_confirmation(tmp_path: Path, broker: KafkaBroker) -> None:
+    """``KafkaSink.send`` begins the producer's flush (``confirm`` awaits it), so a batch goes to
+    the broker while the relay encodes the next one, not when the linger expires: with a linger
+    of ten minutes the records are readable before ``confirm`` is called, and ``confirm`` then
+    returns with every record acknowledged; the next batch is sent and confirmed the same way."""
+    settings = kafka_settings(tmp_path, broker.bootstrap)
+    with open_services(settings) as svc:
+        write_history(svc, customers=4, tag="early")
+        relay = publisher(svc)
+        notifications = svc.app.recorder.select_notifications(start=1, limit=1000)
+        sink = type(relay.sink)(
+            settings.kafka_bootstrap, settings.kafka_topic, relay.sink.encode,  # type: ignore[attr-defined]
+            linger_ms=600_000, delivery_timeout_ms=700_000,
+        )
+        first, second = notifications[:5], notifications[5:]
+        try:
+            for part in (first, second):
+                sink.send(sink.prepare(part))
+                done = len(part) + (len(first) if part is second else 0)
+                wait_until(
+                    lambda: len(read_topic(broker.bootstrap, settings.kafka_topic)) >= done, 20, "the batch on the broker"
+                )
+                sink.confirm()
+        finally:
+            sink.close()
+        records = read_topic(broker.bootstrap, settings.kafka_topic)
+    assert sorted(json.loads(r.value)["position"] for r in records) == [n.id for n in notifications]
