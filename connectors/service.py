@@ -172,7 +172,9 @@ class Ingestion:
                 for where, field_name, reason in parsed.rejected:
                     batch.reject(where, field_name, reason)
 
-            yield self._commit("mixpanel", channel, name, fill, final_cursor if last else None)
+            with workers.collector_paused():  # not across the yield: only this chunk's roll-up and commit
+                report = self._commit("mixpanel", channel, name, fill, final_cursor if last else None)
+            yield report
 
     # ------------------------------------------------------------------- syncs
     async def sync(self, vendor: str, client: Any, *, today: date | None = None, lookback_days: int = 90,

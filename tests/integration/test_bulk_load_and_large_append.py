@@ -1,6 +1,7 @@
 """The event store under import-sized work, on both backends: one append of tens of MB completes
 (PostgreSQL used to hang in psycopg's pipeline mode, see events/pgrecorder.py), and
-``load_many`` folds exactly what ``repository.get`` folds, leaving absent ids out."""
+an append stores exactly the mapped events under consecutive notification ids, atomically, and
+refuses a version conflict; ``load_many`` folds exactly what ``repository.get`` folds, leaving absent ids out."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from eventsourcing.persistence import IntegrityError
 
 from events.signals import UsageDay
 from mcp_server.services import Services
@@ -52,3 +54,47 @@ def test_load_many_matches_repository_get_and_leaves_absent_ids_out(services: Se
         assert (got.seen_inserts, got.seen_users) == (expected.seen_inserts, expected.seen_users)
         assert not got.pending_events
     assert services.app.load_many([]) == {}
+
+
+def test_append_stores_the_mapped_events_in_order_under_consecutive_ids(services: Services) -> None:
+    """What the recorder writes (PostgreSQL: binary column arrays) is byte for byte what the
+    mapper made, in the order given, numbered from the head on with no gap; states with quotes,
+    backslashes, braces, commas and non-ASCII text (what a composite text literal escapes)."""
+    app = services.app
+    awkward = {'Report "Q1", {draft}': 2, "C:\\exports\\x": 1, "Übersicht — 日本": 3, "(a,b)": 1}
+    days = [UsageDay(customer_id=str(uuid4()), account="", day=f"2026-03-{d:02d}", **KW) for d in range(1, 6)]
+    for d, day in enumerate(days):
+        day.count(events=d + 1, sessions=0, users=[f"u{d}"], features=awkward, insert_ids=[f"{d}-x"], **KW)
+    head = app.last_position()
+    pending = [e for day in days for e in day.pending_events]
+    expected = [app.mapper.to_stored_event(e) for e in pending]
+
+    recordings = app.save(*days)
+
+    assert [r.notification.id for r in recordings] == list(range(head + 1, head + 1 + len(expected)))
+    stored = app.recorder.select_notifications(head + 1, limit=100)
+    assert [n.id for n in stored] == list(range(head + 1, head + 1 + len(expected)))
+    assert [(n.originator_id, n.originator_version, n.topic, bytes(n.state)) for n in stored] == [
+        (e.originator_id, e.originator_version, e.topic, e.state) for e in expected]
+    again: UsageDay = app.repository.get(days[2].id)
+    assert again.version == 2 and again.seen_users == {"u2"}
+
+
+def test_append_with_a_version_conflict_raises_and_stores_nothing(services: Services) -> None:
+    app = services.app
+    first = _usage_day(str(uuid4()), "2026-03-02", ["a"])
+    app.save(first)
+    rival: UsageDay = app.repository.get(first.id)
+    first.count(events=1, sessions=0, users=["u1"], features={}, insert_ids=["b"], **KW)
+    rival.count(events=1, sessions=0, users=["u1"], features={}, insert_ids=["c"], **KW)
+    app.save(rival)
+    head = app.last_position()
+    bystander = _usage_day(str(uuid4()), "2026-03-03", ["z"])  # appended with the conflict: must not be stored
+
+    with pytest.raises(IntegrityError):
+        app.save(bystander, first)
+
+    assert app.last_position() == head
+    assert not app.exists(bystander.id)
+    assert app.repository.get(first.id).seen_inserts == {"a", "c"}
+    assert app.save(_usage_day(str(uuid4()), "2026-03-04", ["y"]))[-1].notification.id > head  # still usable

@@ -6,6 +6,7 @@ schemes, independently of the connectors and of the test fakes."""
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import hmac
 import io
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from connectors import intercom, mixpanel, nps, sendgrid, zendesk
 from connectors.matching import email_domain, match
-from connectors.workers import chunk_lines, line_chunks
+from connectors.workers import chunk_lines, collector_paused, line_chunks
 from events.errors import InvalidInputError
 from events.ingest import Match, Rating, moment_of, short_hash
 
@@ -525,3 +526,22 @@ def test_junk_signature_headers_are_a_mismatch_not_a_crash() -> None:
     assert not sendgrid.verify_webhook(public, junk, body, now=2)
     row = {"response_id": "r1", "customer": "", "email": "", "score": "²", "comment": "", "responded_at": "2026-02-01"}
     assert field_of(nps.translate, row) == "score"
+
+
+def test_collector_paused_restores_the_collector_as_it_was_even_on_error() -> None:
+    """A chunk's work runs with the cyclic collector off; it is on again after (also when the
+    work raises), and a collector someone else turned off stays off."""
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(ValueError), collector_paused():
+        raise ValueError("bad chunk")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
