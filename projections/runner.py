@@ -1,7 +1,7 @@
 """The pull-based catch-up runner (DESIGN §4) and the engine that runs every projection.
 
 For each projection: read notifications after its checkpoint from the application
-recorder (``select_notifications``), fold them, and write the view rows and the new
+recorder (``select_notifications``, see log_reader.py), fold them, and write the view rows and the new
 checkpoint in one transaction (exactly-once). Only the holder of the projection's runner
 lock processes it (PostgreSQL advisory lock / file lock); other processes only wait for
 its checkpoint. A failing event stops that projection: the events before it are
@@ -22,6 +22,7 @@ import structlog
 
 from projections.base import Projection
 from projections.decode import fold_mapper
+from projections.log_reader import read_after
 from projections.relay import EventRelay
 from projections.store import LogConsumer, ViewStore
 
@@ -81,9 +82,7 @@ class CatchUpRunner(LogConsumer):
                 start = self.checkpoint()
                 if until is not None and start >= until:
                     return processed
-                batch = self.recorder.select_notifications(
-                    start=start, limit=BATCH_SIZE, stop=until, inclusive_of_start=False
-                )
+                batch = read_after(self.recorder, start, BATCH_SIZE, stop=until)
                 if not batch:
                     return processed
                 done = self._apply(start, batch)
@@ -248,7 +247,7 @@ class ProjectionEngine:
 
     def _read(self, start: int, decode: bool) -> _Read:
         """The batch after ``start``, its events decoded (when ``decode``), or the decoding error."""
-        batch = self.app.recorder.select_notifications(start=start, limit=BATCH_SIZE, inclusive_of_start=False)
+        batch = read_after(self.app.recorder, start, BATCH_SIZE)
         try:
             return batch, [self.mapper.to_domain_event(n) for n in batch] if decode else [], None
         except Exception as exc:  # noqa: BLE001 - raised where the batch is applied, as before

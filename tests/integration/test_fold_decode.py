@@ -111,3 +111,20 @@ def test_an_unregistered_type_fails_as_in_eventsourcing() -> None:
         reference.decode(raw)
     with pytest.raises(TranscodingNotRegisteredError):
         fast.decode(raw)
+
+
+def test_log_reader_reads_what_the_recorder_reads(services: Services) -> None:
+    """read_after (binary tuples on PostgreSQL) == the recorder's select_notifications: the same
+    notifications with values of the same types, for every start, stop and limit."""
+    from projections.log_reader import read_after
+
+    write_every_event_type(services)
+    recorder = services.app.recorder
+    head = services.app.last_position()
+    assert head > 20
+    for start, limit, stop in [(0, 10_000, None), (0, 7, None), (5, 3, None), (head - 2, 10, None), (head, 10, None),
+                               (3, 100, 9), (3, 2, 9), (9, 5, 9), (0, 10_000, head)]:  # fmt: skip
+        mine = read_after(recorder, start, limit, stop)
+        theirs = recorder.select_notifications(start=start, limit=limit, stop=stop, inclusive_of_start=False)
+        assert [typed(vars(n)) for n in mine] == [typed(vars(n)) for n in theirs], (start, limit, stop)
+    assert [n.id for n in read_after(recorder, 0, 10_000)] == list(range(1, head + 1))
