@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from eventsourcing.persistence import JSONTranscoder, Transcoder, Transcoding
 
+
 _INT_LIMIT = 2.0**63  # orjson reads integers beyond 64 bits as floats at least this large
 _SCALARS = frozenset((str, int, bool, type(None)))  # values that need nothing (floats need the check)
 
@@ -34,7 +35,16 @@ def _hook(value: Any, names: dict[str, Transcoding]) -> Any:
     if type(value) is dict:
         for key, item in value.items():
             kind = type(item)
-            if kind is dict or kind is list:
+            if kind is dict:
+                if len(item) == 2 and "_type_" in item and "_data_" in item and type(item["_data_"]) is str:
+                    # the common case (a datetime, a UUID...) without a call for the object itself
+                    transcoding = names.get(item["_type_"])
+                    if transcoding is None:
+                        raise _Reference
+                    value[key] = transcoding.decode(item["_data_"])
+                elif not _SCALARS.issuperset(map(type, item.values())) or "_type_" in item:
+                    value[key] = _hook(item, names)
+            elif kind is list:
                 value[key] = _hook(item, names)
             elif kind is float and not -_INT_LIMIT < item < _INT_LIMIT:
                 raise _Reference

@@ -78,6 +78,11 @@ def _transcoders() -> tuple[JSONTranscoder, OrjsonDecodingTranscoder]:
         # objects that look like transcoded values but are not (3 keys, one key): left as they are
         {"a": {"_type_": "uuid_hex", "_data_": UUID(int=3).hex, "more": 1}, "b": {"_type_": "date_iso"}},
         [1, "two", None, {"x": []}],
+        # shaped as most stored events (two instants), then with one more transcoded value or a
+        # string "_type_" besides them
+        {"timestamp": AT, "occurred_at": AT, "users": ["u1", "u2"], "features": {"a": 1}, "ids": ["1" * 30]},
+        {"timestamp": AT, "occurred_at": AT, "deep": {"on": [date(2026, 2, 2)]}},
+        {"timestamp": AT, "occurred_at": AT, "text": "_type_"},
     ],
 )
 def test_orjson_decode_equals_json_decode(data: Any) -> None:
@@ -97,6 +102,12 @@ def test_orjson_decode_equals_json_decode(data: Any) -> None:
         b'{"k": {"\\u005ftype_": "date_iso", "_data_": "2027-01-05"}}',  # an escaped key is the same key
         b'{"a": 1, "a": {"_type_": "date_iso", "_data_": "2027-01-05"}}',  # a repeated key: the last wins
         "{\"s\": \"caf\u00e9\"}".encode(),
+        # shaped as most stored events, with what the shortcut for them must leave to the full path
+        b'{"timestamp": {"_type_": "date_iso", "_data_": "2027-01-05"}, "occurred_at": {"_type_": "date_iso", '
+        b'"_data_": "2027-01-06"}, "n": [123456789012345678901234567890]}',
+        b'{"timestamp": {"_type_": "date_iso", "_data_": "2027-01-05"}, "occurred_at": {"_type_": "date_iso", '
+        b'"_data_": "2027-01-06"}, "k": {"\\u005ftype_": "date_iso", "_data_": "2027-01-05"}}',
+
     ],
 )
 def test_json_that_orjson_reads_differently_decodes_as_json_does(raw: bytes) -> None:
@@ -104,12 +115,21 @@ def test_json_that_orjson_reads_differently_decodes_as_json_does(raw: bytes) -> 
     assert typed(fast.decode(raw)) == typed(reference.decode(raw))
 
 
-def test_an_unregistered_type_fails_as_in_eventsourcing() -> None:
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b'{"x": [{"_type_": "nobody", "_data_": 1}]}', TranscodingNotRegisteredError),
+        (b'{"timestamp": {"_type_": "nobody", "_data_": "x"}, "occurred_at": {"_type_": "date_iso", "_data_": "2027-01-06"}}',
+         TranscodingNotRegisteredError),
+        (b'{"timestamp": {"_type_": "uuid_hex", "_data_": 5}, "occurred_at": {"_type_": "date_iso", "_data_": "2027-01-06"}}',
+         AssertionError),  # UUIDAsHex asserts its data is a string
+    ],
+)
+def test_what_eventsourcing_cannot_decode_fails_the_same_way(raw: bytes, error: type[Exception]) -> None:
     reference, fast = _transcoders()
-    raw = b'{"x": [{"_type_": "nobody", "_data_": 1}]}'
-    with pytest.raises(TranscodingNotRegisteredError):
+    with pytest.raises(error):
         reference.decode(raw)
-    with pytest.raises(TranscodingNotRegisteredError):
+    with pytest.raises(error):
         fast.decode(raw)
 
 
