@@ -2,7 +2,9 @@
 
 The users of a customer-day are stored with the day, as one JSON array of user digests (in the
 order they were first counted), not one row each: a rebuild writes ~10x fewer rows. Readers see
-them as before, one row per (customer_id, day, user_hash), through the view ``USERS``.
+them as before, one row per (customer_id, day, user_hash), through the view ``USERS``. On
+PostgreSQL the array is ``jsonb`` (stored parsed: the view expands it without parsing text on
+every read, which the whole-book scoring does for every customer-day); on SQLite it is JSON text.
 """
 
 from __future__ import annotations
@@ -18,16 +20,17 @@ from events.signals import UsageDay
 from projections.base import Projection
 from projections.store import Tx, ViewStore
 
-DAYS = "cs_usage_days_v2"
-USERS = "cs_usage_users_v2"  # a view: one row per (customer_id, day, user_hash) of DAYS.users
-FEATURES = "cs_feature_usage_v2"
+# _v3: users became jsonb on PostgreSQL (an existing deployment folds the new tables from the log).
+DAYS = "cs_usage_days_v3"
+USERS = "cs_usage_users_v3"  # a view: one row per (customer_id, day, user_hash) of DAYS.users
+FEATURES = "cs_feature_usage_v3"
 NO_USERS = "[]"
 
 # The user digests of a day, one row each (unmatched days have none). A user is counted once a
 # day (the import sends only users not yet seen that day), so the rows are unique as before.
 USERS_VIEW = {
     "postgres": f"""CREATE OR REPLACE VIEW {USERS} AS SELECT d.customer_id, d.day, u.user_hash FROM {DAYS} d
-        CROSS JOIN LATERAL json_array_elements_text(d.users::json) AS u(user_hash) WHERE d.customer_id IS NOT NULL""",
+        CROSS JOIN LATERAL jsonb_array_elements_text(d.users) AS u(user_hash) WHERE d.customer_id IS NOT NULL""",
     "sqlite": f"""CREATE VIEW IF NOT EXISTS {USERS} AS SELECT d.customer_id AS customer_id, d.day AS day,
         u.value AS user_hash FROM {DAYS} d, json_each(d.users) u WHERE d.customer_id IS NOT NULL""",
 }
@@ -40,17 +43,25 @@ def users_json(users: Sequence[str]) -> str:
     return _COMPACT.encode(list(users))
 
 
+def stored_users(value: Any) -> list[str]:
+    """A day's users as read back: a list already on PostgreSQL (jsonb), JSON text on SQLite."""
+    return value if isinstance(value, list) else json.loads(value)
+
+
 class UsageProjection(Projection):
     """Rows are keyed by the account key: the customer id, or ``unmatched:<account>``."""
 
-    name = "usage_v2"
+    name = "usage_v3"
     tables = (DAYS, FEATURES)
 
     def schema(self) -> list[str]:
+        return self._schema("TEXT")
+
+    def _schema(self, users_type: str) -> list[str]:
         return [
             f"""CREATE TABLE IF NOT EXISTS {DAYS} (usage_id TEXT PRIMARY KEY, customer_id TEXT, account TEXT NOT NULL,
                 day TEXT NOT NULL, events BIGINT NOT NULL, sessions BIGINT NOT NULL, active_users BIGINT NOT NULL,
-                users TEXT NOT NULL)""",
+                users {users_type} NOT NULL)""",
             f"CREATE INDEX IF NOT EXISTS ix_{DAYS}_customer ON {DAYS} (customer_id, day)",
             f"""CREATE TABLE IF NOT EXISTS {FEATURES} (customer_id TEXT NOT NULL, feature TEXT NOT NULL, day TEXT NOT NULL,
                 uses BIGINT NOT NULL, PRIMARY KEY (customer_id, feature, day))""",
@@ -59,7 +70,7 @@ class UsageProjection(Projection):
         ]
 
     def schema_for(self, backend: str) -> list[str]:
-        return [*self.schema(), USERS_VIEW[backend]]
+        return [*self._schema("JSONB" if backend == "postgres" else "TEXT"), USERS_VIEW[backend]]
 
     def drop(self, tx: Tx) -> None:
         tx.execute(f"DROP VIEW IF EXISTS {USERS}")
@@ -82,7 +93,7 @@ class UsageProjection(Projection):
             cid, day = row["customer_id"], row["day"]
             if event.users:
                 tx.execute(f"UPDATE {DAYS} SET users = ? WHERE usage_id = ?",
-                           (users_json([*json.loads(row["users"]), *event.users]), uid))  # fmt: skip
+                           (users_json([*stored_users(row["users"]), *event.users]), uid))  # fmt: skip
             _insert_rows(tx, f"INSERT INTO {FEATURES} (customer_id, feature, day, uses) VALUES", "(?, ?, ?, ?)",
                          [(cid, feature, day, uses) for feature, uses in sorted(event.features.items())],
                          f" ON CONFLICT (customer_id, feature, day) DO UPDATE SET uses = {FEATURES}.uses + "
@@ -115,7 +126,7 @@ class UsageProjection(Projection):
                                    f"({', '.join('?' * len(part))})", part):  # fmt: skip
                 before[row["usage_id"]] = row
         totals: dict[str, list[int]] = {}
-        users: dict[str, list[str]] = {uid: json.loads(row["users"]) for uid, row in before.items()}
+        users: dict[str, list[str]] = {uid: stored_users(row["users"]) for uid, row in before.items()}
         new_uses: dict[tuple[str, str, str], int] = {}  # of days opened in this batch: no row yet
         more_uses: dict[tuple[str, str, str], int] = {}  # of days opened earlier: added to their rows
         for uid, event, here in counted:

@@ -108,6 +108,29 @@ def test_poison_event_stops_the_runner_and_keeps_the_checkpoint(services: Servic
     assert services.engine.runners["audit_chain_v1"].checkpoint() == app.last_position()
 
 
+def test_rebuild_leaves_the_garbage_collector_as_it_found_it(services: Services) -> None:
+    """The rebuild folds with the cyclic collector off (projections/runner.py) and restores it, also
+    when a poison event stops it; a collector switched off by the caller stays off."""
+    import gc
+
+    app = services.app
+    app.register_customer({"external_key": "ok", "name": "Fine"}, META)
+    assert gc.isenabled()
+    services.engine.rebuild()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        services.engine.rebuild()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    app.recorder.insert_events([StoredEvent(originator_id=app.resolve("ok"), originator_version=2,
+                                            topic="events.domain:Customer.Vanished", state=b"{}")])  # fmt: skip
+    with pytest.raises(ProjectionStoppedError):
+        services.engine.rebuild()
+    assert gc.isenabled()
+
+
 def test_only_one_process_runs_a_projection(services: Services) -> None:
     assert all(r.owned for r in services.engine.runners.values())
     with open_services(services.settings, run_projections=True) as second:
@@ -167,7 +190,7 @@ def _users_from_events(services: Services) -> set[tuple[str, str, str]]:
 def test_rebuild_and_event_by_event_reproduce_every_signal_row(services: Services) -> None:
     _populate_signals(services)
     incremental = _rows(services)
-    assert len(incremental["cs_usage_days_v2"]) == 2 * 5 + 2 + 1  # acme 7 days, globex 5, ghost 1 (unmatched)
+    assert len(incremental["cs_usage_days_v3"]) == 2 * 5 + 2 + 1  # acme 7 days, globex 5, ghost 1 (unmatched)
     assert incremental["cs_ticket_history_v1"] and incremental["cs_timeline_v1"] and incremental["cs_email_events_v1"]
 
     services.engine.rebuild()  # each batch folded by handle_batch

@@ -253,17 +253,20 @@ def test_values_orjson_reads_differently_take_the_reference_path() -> None:
     assert json.loads(fast(named_otherwise)[1])["customer_id"] == "42"
 
 
+class DateAsISO(Transcoding):
+    """A transcoding beyond eventsourcing's defaults."""
+
+    type = date
+    name = "date_iso"
+
+    def encode(self, obj: date) -> str:
+        return obj.isoformat()
+
+    def decode(self, data: str) -> date:
+        return date.fromisoformat(data)
+
+
 def test_an_unknown_transcoding_turns_the_fast_path_off() -> None:
-    class DateAsISO(Transcoding):
-        type = date
-        name = "date_iso"
-
-        def encode(self, obj: date) -> str:
-            return obj.isoformat()
-
-        def decode(self, data: str) -> date:
-            return date.fromisoformat(data)
-
     mapper = json_mapper(DateAsISO())
     fast, reference = encoders(mapper)
     assert not fast.fast
