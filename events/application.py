@@ -13,7 +13,9 @@ from datetime import date, datetime, time, timezone
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent, Recording
+from eventsourcing.domain import BaseAggregate
+from eventsourcing.domain import DomainEvent as LibraryDomainEvent
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from pydantic import ValidationError
 
@@ -92,6 +94,28 @@ def _validate(model: type[Any], data: Any) -> Any:
         raise InvalidInputError.from_validation(exc) from None
 
 
+class _Collected(ProcessingEvent[UUID]):
+    """eventsourcing's ProcessingEvent, with nominal type checks first.
+
+    The library tells events from aggregates with ``isinstance`` against runtime-checkable
+    ``Protocol`` classes, which on Python 3.11 walks the protocol's attributes on every call
+    (about 14 us per event, a tenth of recording a webhook delivery). Every event and
+    aggregate of this application subclasses the library's own classes, so a plain
+    ``isinstance`` on those decides the same way; anything else still goes the library's way.
+    The order of the events is kept."""
+
+    def collect_events(self, *objs: Any, **kwargs: Any) -> None:
+        for obj in objs:
+            if isinstance(obj, LibraryDomainEvent):
+                self.events.append(obj)
+            elif isinstance(obj, BaseAggregate):
+                self.events.extend(obj.collect_events())
+                self.aggregates[obj.id] = obj
+            else:
+                super().collect_events(obj)
+        self.saved_kwargs.update(kwargs)
+
+
 class CustomerSuccess(Application[UUID], MilestoneCommands):
     """Commands on customers. Later capabilities add their aggregates here."""
 
@@ -102,6 +126,17 @@ class CustomerSuccess(Application[UUID], MilestoneCommands):
         self.settings = settings
         self.codec = codec
         super().__init__(env=settings.eventsourcing_env())
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """:meth:`Application.save` (eventsourcing 9.5.6, step for step) collecting through
+        :class:`_Collected`."""
+        processing_event = _Collected()
+        processing_event.collect_events(*objs, **kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)  # deprecated in the library, still called by its save
+        return recordings
 
     # ---------------------------------------------------------------- lookups
     def resolve(self, client_id: str) -> UUID:
