@@ -223,15 +223,18 @@ class WebhookReceiver:
             group: list[Queued] = []
             # A commit has a fixed cost (about 0.5 ms of CPU here, whatever its size): a group is
             # closed once its first delivery has waited ``linger`` seconds (at once when it has
-            # waited that long already, behind the previous commit) or when it is full.
-            deadline = item.queued_at + self.linger if item is not None else 0.0
+            # waited that long already, behind the previous commit), with what is waiting then
+            # (``group_max`` at most). The thread sleeps meanwhile instead of waiting on the
+            # queue: a waiter is woken by every delivery put, and each wake-up takes the GIL
+            # from the event loop just to append it.
+            if item is not None and (wait := item.queued_at + self.linger - time.monotonic()) > 0:
+                time.sleep(wait)
             while item is not None:
                 group.append(item)
                 if len(group) >= self.group_max:
                     break
-                wait = deadline - time.monotonic()
                 try:
-                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
             stopping = item is None
