@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import orjson
@@ -122,22 +122,61 @@ def _free_port() -> int:
 
 
 @contextmanager
+def _stopped_on_exit(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """SIGINT ``proc`` on exit, then SIGKILL after ``STOP_TIMEOUT``, whatever happened."""
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(STOP_TIMEOUT)
+
+
+def _spawn(command: list[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "mcp_server.cli", *command], cwd=REPO_ROOT, env=env,
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def _exited(proc: subprocess.Popen[bytes], what: str, log_path: Path) -> RuntimeError:
+    return RuntimeError(f"{what} exited with {proc.returncode}: {log_path.read_text(errors='replace')[-2000:]}")
+
+
+@contextmanager
+def worker_process(env: dict[str, str], data_dir: Path, log_path: Path) -> Iterator[int]:
+    """``cs worker`` (the second process of compose.yaml's deployment); yields its pid once its
+    heartbeat file exists, i.e. once it holds every projection runner lock it could take, so a
+    server started afterwards only serves and records. Stopped on exit like the server."""
+    heartbeat = data_dir / "worker.heartbeat"
+    with log_path.open("wb") as log:
+        proc = _spawn(["worker", "--sync-every", "0"], env, log)
+        with _stopped_on_exit(proc):
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while not heartbeat.exists():
+                if proc.poll() is not None:
+                    raise _exited(proc, "cs worker", log_path)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"cs worker without a heartbeat after {STARTUP_TIMEOUT:.0f} s")
+                time.sleep(0.1)
+            yield proc.pid
+
+
+@contextmanager
 def http_server(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, int]]:
     """``cs serve --http`` on a free loopback port; yields its base URL and pid once /healthz answers 200.
     Always stopped on exit: SIGINT, then SIGKILL after ``STOP_TIMEOUT``."""
     port = _free_port()
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mcp_server.cli", "serve", "--http", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
+        proc = _spawn(["serve", "--http", "--host", "127.0.0.1", "--port", str(port)], env, log)
+        with _stopped_on_exit(proc):
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + STARTUP_TIMEOUT
             while True:
                 if proc.poll() is not None:
-                    log_tail = log_path.read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"cs serve exited with {proc.returncode}: {log_tail}")
+                    raise _exited(proc, "cs serve", log_path)
                 try:
                     if httpx.get(f"{base}/healthz", timeout=2.0).status_code == 200:
                         break
@@ -147,14 +186,6 @@ def http_server(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, int]
                     raise TimeoutError(f"cs serve not answering /healthz after {STARTUP_TIMEOUT:.0f} s")
                 time.sleep(0.1)
             yield base, proc.pid
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(STOP_TIMEOUT)
 
 
 # ------------------------------------------------------------------------ the load
@@ -212,7 +243,10 @@ def wait_caught_up(base: str) -> float:
     raise TimeoutError(f"projections still lagging {CATCH_UP_TIMEOUT:.0f} s after the last delivery")
 
 
-def measure(database_url: str | None, args: argparse.Namespace) -> dict[str, Any]:
+def measure(database_url: str | None, args: argparse.Namespace, *, split: bool = False) -> dict[str, Any]:
+    """One backend, one deployment shape: ``cs serve --http`` alone (it folds the views too),
+    or with ``split`` beside a ``cs worker`` started first (compose.yaml's shape: the worker
+    holds the projection runner locks and folds, the server only serves and records)."""
     from connectors.customers import import_customers, read_rows
     from events.settings import Settings
     from mcp_server.services import open_services
@@ -248,7 +282,9 @@ def measure(database_url: str | None, args: argparse.Namespace) -> dict[str, Any
                                  start=start + timedelta(seconds=WARMUP + args.deliveries)),
         }  # fmt: skip
         figures: dict[str, Any] = {}
-        with http_server(env, data_dir / "serve.log") as (base, pid):
+        with ExitStack() as processes:
+            worker = processes.enter_context(worker_process(env, data_dir, data_dir / "worker.log")) if split else None
+            base, pid = processes.enter_context(http_server(env, data_dir / "serve.log"))
             host, port = base.removeprefix("http://").rsplit(":", 1)
             warmed = http_load.run(http_load.closed_loop(host, int(port), signed_requests(secret, warm), WARMUP,
                                                          min(args.concurrency, WARMUP)))  # fmt: skip
@@ -257,6 +293,7 @@ def measure(database_url: str | None, args: argparse.Namespace) -> dict[str, Any
             for phase, items in phases.items():
                 build = signed_requests(secret, items)
                 server_cpu, client_cpu = cpu_seconds(pid), cpu_seconds()
+                worker_cpu = cpu_seconds(worker) if worker else 0.0
                 if phase == "open":
                     load = http_load.open_loop(host, int(port), build, len(items), args.rate, args.connections)
                 else:
@@ -264,6 +301,7 @@ def measure(database_url: str | None, args: argparse.Namespace) -> dict[str, Any
                 result = http_load.run(load)
                 server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, cpu_seconds() - client_cpu
                 catch_up = wait_caught_up(base)
+                worker_cpu = cpu_seconds(worker) - worker_cpu if worker else 0.0  # its folding included
                 outcomes = outcomes_of(result)
                 check_outcomes(outcomes)
                 kinds = Counter(d.kind for d in items)
@@ -279,6 +317,7 @@ def measure(database_url: str | None, args: argparse.Namespace) -> dict[str, Any
                     "projection_catch_up_s": catch_up,
                     "server_cpu_ms_per_delivery": server_cpu * 1000 / len(items),
                     "client_cpu_ms_per_delivery": client_cpu * 1000 / len(items),
+                    **({"worker_cpu_ms_per_delivery": worker_cpu * 1000 / len(items)} if worker else {}),
                 }
     opened, closed = figures["open"], figures["closed"]
     return {
@@ -303,6 +342,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="open loop: connections, so at most this many requests in flight (default 64)")
     parser.add_argument("--concurrency", type=int, default=32, help="closed loop: requests in flight (default 32)")
     parser.add_argument("--customers", type=int, default=200, help="customers, one Zendesk organization each (default 200)")
+    parser.add_argument("--shape", choices=("single", "split", "both"), default="both",
+                        help="single: `cs serve --http` alone; split: with `cs worker` folding the views (compose.yaml); "
+                             "both (default)")  # fmt: skip
     add_backend_args(parser, default="both")
     args = parser.parse_args(argv)
     if min(args.deliveries, args.concurrency, args.connections, args.customers) < 1 or args.rate <= 0:
@@ -312,22 +354,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from bench.mixpanel_import import postgres_database
+    from tests.support.postgres import postgres_server
 
     args = parse_args(argv)
     backends = backends_of(args)
     figures: dict[str, Any] = {}
     where: dict[str, str] = {}
+    shapes = {"single": False, "split": True} if args.shape == "both" else {args.shape: args.shape == "split"}
     for backend in backends:
-        with ExitStack() as stack:
-            url = None
+        with ExitStack() as server:
+            admin = args.database_url
             if backend == "postgres":
-                url, where["postgres"] = stack.enter_context(postgres_database(args.database_url))
-            figures[backend] = measure(url, args)
+                where["postgres"] = "given server" if admin else "throwaway embedded server"
+                admin = admin or server.enter_context(postgres_server())
+            for split in shapes.values():  # a fresh database for each shape
+                with ExitStack() as stack:
+                    url = stack.enter_context(postgres_database(admin))[0] if backend == "postgres" else None
+                    # the split figures under their own name, beside the single-process ones
+                    figures[f"{backend}_server_worker" if split else backend] = measure(url, args, split=split)
     params: dict[str, Any] = {
         "deliveries": args.deliveries, "rate": args.rate, "connections": args.connections,
         "concurrency": args.concurrency, "customers": args.customers,
         "warmup": WARMUP, "seed": SEED, "update_share": UPDATE_SHARE, "duplicate_share": DUPLICATE_SHARE,
-        "backends": list(backends), "transport": "cs serve --http (subprocess, uvicorn), bench.http_load (raw HTTP/1.1 keep-alive)",
+        "backends": list(backends), "shape": args.shape, "transport": "cs serve --http (subprocess, uvicorn), bench.http_load (raw HTTP/1.1 keep-alive)",
         **where, "target_deliveries_per_s": TARGET_PER_S, "target_p99_ms": TARGET_P99_MS,
     }  # fmt: skip
     record("webhooks", figures, params)

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta, timezone
@@ -123,7 +122,7 @@ def verify_webhook(secret: str, headers: dict[str, str], body: bytes, *, now: da
         return False
     if abs((now or datetime.now(timezone.utc)) - sent) > tolerance:
         return False
-    expected = base64.b64encode(hmac.new(secret.encode(), stamp.encode() + body, hashlib.sha256).digest()).decode()
+    expected = base64.b64encode(hmac.digest(secret.encode(), stamp.encode() + body, "sha256")).decode()
     return hmac.compare_digest(expected.encode(), signature.encode())  # bytes: a non-ASCII header is a mismatch, not a crash
 
 

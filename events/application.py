@@ -14,6 +14,8 @@ from typing import Any, Literal
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import BaseAggregate
+from eventsourcing.domain import DomainEvent as LibraryDomainEvent
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import IntegrityError, Recording, StoredEvent
 from pydantic import ValidationError
@@ -93,6 +95,28 @@ def _validate(model: type[Any], data: Any) -> Any:
         raise InvalidInputError.from_validation(exc) from None
 
 
+class _Collected(ProcessingEvent[UUID]):
+    """eventsourcing's ProcessingEvent, with nominal type checks first.
+
+    The library tells events from aggregates with ``isinstance`` against runtime-checkable
+    ``Protocol`` classes, which on Python 3.11 walks the protocol's attributes on every call
+    (about 14 us per event, a tenth of recording a webhook delivery). Every event and
+    aggregate of this application subclasses the library's own classes, so a plain
+    ``isinstance`` on those decides the same way; anything else still goes the library's way.
+    The order of the events is kept."""
+
+    def collect_events(self, *objs: Any, **kwargs: Any) -> None:
+        for obj in objs:
+            if isinstance(obj, LibraryDomainEvent):
+                self.events.append(obj)
+            elif isinstance(obj, BaseAggregate):
+                self.events.extend(obj.collect_events())
+                self.aggregates[obj.id] = obj
+            else:
+                super().collect_events(obj)
+        self.saved_kwargs.update(kwargs)
+
+
 class CustomerSuccess(Application[UUID], MilestoneCommands):
     """Commands on customers. Later capabilities add their aggregates here."""
 
@@ -103,6 +127,17 @@ class CustomerSuccess(Application[UUID], MilestoneCommands):
         self.settings = settings
         self.codec = codec
         super().__init__(env=settings.eventsourcing_env())
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """:meth:`Application.save` (eventsourcing 9.5.6, step for step) collecting through
+        :class:`_Collected`."""
+        processing_event = _Collected()
+        processing_event.collect_events(*objs, **kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)  # deprecated in the library, still called by its save
+        return recordings
 
     # ---------------------------------------------------------------- lookups
     def resolve(self, client_id: str) -> UUID:
@@ -123,18 +158,10 @@ class CustomerSuccess(Application[UUID], MilestoneCommands):
         return bool(self.recorder.select_events(aggregate_id, limit=1))
 
     def save_events(self, events: list[DomainEventProtocol[UUID]], *aggregates: Any) -> list[Recording[UUID]]:
-        """``save(*events, *aggregates)`` for the many pending events of a bulk import: the same
-        atomic append, cache, snapshots and notifications, without ``save``'s runtime-Protocol
-        ``isinstance`` test per object (about 25 µs each on Python 3.11: some 2 s of a
-        1M-event Mixpanel import appending 77,000 events). ``events`` must be domain events."""
-        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
-        processing_event.events.extend(events)
-        processing_event.collect_events(*aggregates)
-        recordings = self._record(processing_event)
-        self._take_snapshots(processing_event)
-        self._notify(recordings)
-        self.notify(processing_event.events)  # as save() does (deprecated hook, a no-op here)
-        return recordings
+        """``save(*events, *aggregates)`` for the many pending events of a bulk import (kept as
+        the bulk callers' entry point; :meth:`save` itself no longer pays the library's
+        runtime-Protocol ``isinstance`` per object)."""
+        return self.save(*events, *aggregates)
 
     def load_many(self, aggregate_ids: Iterable[UUID], batch: int = 500) -> dict[UUID, Any]:
         """The stored aggregates among ``aggregate_ids`` (absent ids are left out), each folded

@@ -161,6 +161,10 @@ def test_webhook_deliveries_are_verified_and_recorded_once(settings: Settings, c
         broken = body[: len(body) // 2]
         malformed = post(http, case.vendor, broken, case.sign(broken, now))
         assert malformed.status_code == 400
+        # JSON as RFC 8259 defines it, in UTF-8: Python's own extensions are not accepted either.
+        for lax in (body.replace(b"}", b',"x":NaN}', 1), body.decode().encode("utf-16-le")):
+            refused = post(http, case.vendor, lax, case.sign(lax, now))
+            assert (refused.status_code, refused.json()) == (400, {"status": "body is not JSON"})
         assert reader.app.last_position() == position  # none of those recorded anything
 
         # A delivery about nobody we know, delivered four times at once: recorded once, kept, counted.
@@ -188,7 +192,7 @@ def test_webhook_deliveries_are_verified_and_recorded_once(settings: Settings, c
         assert counted == {
             f'cs_webhook_deliveries_total{{outcome="200",vendor="{case.vendor}"}}': 6.0,
             f'cs_webhook_deliveries_total{{outcome="401",vendor="{case.vendor}"}}': float(expected_401),
-            f'cs_webhook_deliveries_total{{outcome="400",vendor="{case.vendor}"}}': 1.0,
+            f'cs_webhook_deliveries_total{{outcome="400",vendor="{case.vendor}"}}': 3.0,
         }
 
 
