@@ -11,7 +11,6 @@ are parsed in the calling process instead (same results, one core).
 
 from __future__ import annotations
 
-import gc
 import io
 import multiprocessing
 import multiprocessing.util
@@ -21,12 +20,12 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
 from concurrent.futures.process import BrokenProcessPool
 
 import structlog
 
 from connectors.mixpanel import ParsedChunk, parse_chunk
+from events.collector import collector_paused
 
 log = structlog.get_logger(__name__)
 
@@ -67,24 +66,6 @@ def _give_up(pool: ProcessPoolExecutor, error: BaseException) -> None:
         if _pool is pool:
             _pool = None
     pool.shutdown(wait=False, cancel_futures=True)
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off for one chunk's work, on again after (unless it
-    was off already). Parsing or rolling up a chunk allocates hundreds of thousands of lists,
-    sets and strings that live until the chunk is done, and none of them form cycles: the
-    collections they set off (several of them full ones, walking every set of digests the
-    import holds) found nothing to free and cost 10-20% of each process's CPU. Reference
-    counting still frees everything at once; cycles made meanwhile wait for the next collection."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _parse(chunk: Chunk, first_number: int, account_property: str) -> ParsedChunk:

@@ -10,17 +10,17 @@ committed, its checkpoint stays just before it, and it is never skipped.
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from events.collector import collector_paused
 from projections.base import Projection
 from projections.decode import fold_mapper
 from projections.log_reader import read_after
@@ -139,21 +139,6 @@ class CatchUpRunner(LogConsumer):
             return len(batch)  # every event succeeded this time: the failure was not the events'
         except Exception:
             return index
-
-
-@contextmanager
-def _without_cyclic_gc() -> Iterator[None]:
-    """Python's cyclic garbage collector off while a rebuild folds the whole log (back to how it was
-    after, also on failure). A rebuild allocates millions of containers (decoded events, rows) that
-    reference counting frees; the collector would only trace them, again and again: about a third
-    of a rebuild's CPU on the default book. Cycles made meanwhile are collected once it is back on."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class ProjectionEngine:
@@ -338,7 +323,7 @@ class ProjectionEngine:
                 tx.execute("UPDATE cs_checkpoints SET position = 0 WHERE name = ?", (runner.projection.name,))
             runner.failure = None
         try:
-            with _without_cyclic_gc():
+            with collector_paused():
                 return self._catch_up(selected, progress)
         finally:
             with self.store.transaction() as tx:

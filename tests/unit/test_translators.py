@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from connectors import intercom, mixpanel, nps, sendgrid, zendesk
 from connectors.matching import email_domain, match
-from connectors.workers import chunk_lines, collector_paused, line_chunks
+from connectors.workers import chunk_lines, line_chunks
+from events.collector import collector_paused
 from events.errors import InvalidInputError
 from events.ingest import Match, Rating, moment_of, short_hash
 
