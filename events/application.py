@@ -142,16 +142,22 @@ class CustomerSuccess(Application[UUID], MilestoneCommands):
     # ---------------------------------------------------------------- lookups
     def resolve(self, client_id: str) -> UUID:
         """The aggregate id for an external key or a returned id; raises if unknown."""
+        candidate = self.candidate_id(client_id)
+        if not self.exists(candidate):
+            raise CustomerNotFoundError(client_id)
+        return candidate
+
+    @staticmethod
+    def candidate_id(client_id: str) -> UUID:
+        """The id ``client_id`` names (an external key or a returned id), known or not: a reader
+        that looks the customer up in a view checks existence there, in its own snapshot."""
         text = (client_id or "").strip()
         if not text:
             raise InvalidInputError("client_id", "required: an external key (e.g. 'acme-corp') or a customer id")
         try:
-            candidate = UUID(text)
+            return UUID(text)
         except ValueError:
-            candidate = customer_id_for(text)
-        if not self.exists(candidate):
-            raise CustomerNotFoundError(client_id)
-        return candidate
+            return customer_id_for(text)
 
     def exists(self, aggregate_id: UUID) -> bool:
         """One indexed row read (``id in repository`` would replay the whole aggregate)."""

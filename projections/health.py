@@ -9,6 +9,7 @@ assumptions (docs/health.md); the weights, bands and key features are the scorec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta
 from statistics import fmean
@@ -17,7 +18,7 @@ from uuid import UUID
 
 from events.scorecard import COMPONENTS, ScorecardConfig
 from projections.feedback import nps_of
-from projections.health_inputs_query import BookInputs, Inputs, days_between, gather
+from projections.health_inputs_query import BookInputs, Inputs, days_between, gather_at
 from projections.store import Tx, ViewStore
 
 TARGET_SEAT_ACTIVATION = 0.6  # active users / seats at which usage level scores 100
@@ -234,9 +235,15 @@ def health_as_of(store: ViewStore, as_of: datetime, customer_ids: list[UUID] | N
 
 
 def health_in(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None) -> dict[str, Health]:
-    """``health_as_of`` inside a snapshot the caller holds (several instants read consistently)."""
-    book = gather(tx, as_of, customer_ids)
-    return {cid: score_customer(inputs, book) for cid, inputs in book.customers.items()}
+    """``health_as_of`` inside a snapshot the caller holds."""
+    return health_at(tx, [as_of], customer_ids)[0]
+
+
+def health_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | None = None) -> list[dict[str, Health]]:
+    """``health_in`` at each of several instants, read in one pass (:func:`gather_at`): a score
+    and its trend, or a comparison, cost one set of queries."""
+    return [{cid: score_customer(inputs, book) for cid, inputs in book.customers.items()}
+            for book in gather_at(tx, instants, customer_ids)]  # fmt: skip
 
 
 def compare(a: Health, b: Health) -> dict[str, Any]:

@@ -8,6 +8,7 @@ before its date), so the inputs are a function of the events that occurred befor
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -61,10 +62,23 @@ def _in(ids: list[str] | None, column: str = "customer_id") -> tuple[str, list[A
 
 
 def scorecard_as_of(tx: Tx, as_of: datetime) -> tuple[ScorecardConfig, str | None]:
-    row = tx.fetchone(f"SELECT at, config FROM {SCORECARDS} WHERE at < ? ORDER BY position DESC LIMIT 1", (utc_iso(as_of),))
-    if row is None:
-        return ScorecardConfig(), None
-    return ScorecardConfig.model_validate(json.loads(row["config"])), row["at"]
+    return scorecards_at(tx, [utc_iso(as_of)])[0]
+
+
+def scorecards_at(tx: Tx, stamps: Sequence[str]) -> list[tuple[ScorecardConfig, str | None]]:
+    """The scorecard in force at each instant (its ISO stamp): the last one recorded before it."""
+    rows = tx.fetchall(f"SELECT at, config FROM {SCORECARDS} WHERE at < ? ORDER BY position", [max(stamps)])
+    parsed: dict[int, ScorecardConfig] = {}
+    out: list[tuple[ScorecardConfig, str | None]] = []
+    for t in stamps:
+        n = max((k for k, row in enumerate(rows) if row["at"] < t), default=None)
+        if n is None:
+            out.append((ScorecardConfig(), None))
+            continue
+        if n not in parsed:
+            parsed[n] = ScorecardConfig.model_validate(json.loads(rows[n]["config"]))
+        out.append((parsed[n], rows[n]["at"]))
+    return out
 
 
 def gather(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None, *,
@@ -74,21 +88,126 @@ def gather(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None, *,
     ``feature_first_days`` (feature -> first day it was used in the book, from
     :func:`book_feature_first_days`) saves the book-wide feature scan when one caller gathers
     many instants (a stage history samples every day)."""
-    t = utc_iso(as_of)
-    day = as_of.date()
+    return gather_at(tx, [as_of], customer_ids, feature_first_days=feature_first_days)[0]
+
+
+def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | None = None, *,
+              feature_first_days: dict[str, str] | None = None) -> list[BookInputs]:  # fmt: skip
+    """:func:`gather` at several instants in one pass: each statement reads the rows before the
+    latest instant once, and each instant keeps those before it (conditional aggregates per
+    instant where the database sums), so a score and its 30-day trend cost one set of queries.
+    Element ``i`` equals ``gather(tx, instants[i], ...)`` (a test compares them)."""
+    if not instants:
+        return []
+    ts = [utc_iso(a) for a in instants]
     ids = [str(c) for c in customer_ids] if customer_ids is not None else None
     where, params = _in(ids)
-    scorecard, scorecard_at = scorecard_as_of(tx, as_of)
+    cards = scorecards_at(tx, ts)
 
-    customers: dict[str, Inputs] = {}
     logged: dict[str, list[dict[str, Any]]] = {}
     for row in tx.fetchall(f"SELECT * FROM {CONTRACTS} WHERE 1 = 1{where} ORDER BY customer_id, position", params):
         logged.setdefault(row["customer_id"], []).append(row)
+    timelines = {cid: (log_rows[0]["at"], contract_timeline(log_rows)) for cid, log_rows in logged.items()}
+    books = [BookInputs(as_of, *cards[n], set(), False, _registered(timelines, as_of, ts[n])) for n, as_of in enumerate(instants)]
+    everyone = {cid for book in books for cid in book.customers}
+    if not everyone:
+        return books
+    # The whole book: no list of ids (a book of tens of thousands would overflow a statement's
+    # parameters); rows of customers not registered at an instant are skipped for it below.
+    where, params = _in(sorted(everyone) if ids is not None else None)
+    days = [as_of.date() for as_of in instants]
+    stops = [d.isoformat() for d in days]
+    d30s = [(d - timedelta(days=30)).isoformat() for d in days]
+    d60s = [(d - timedelta(days=60)).isoformat() for d in days]
+    t_max, stop_max = max(ts), max(stops)
+
+    def per_instant(template: str, bounds: Sequence[Sequence[str]]) -> tuple[str, list[str]]:
+        """One aggregate column per instant (``template`` names it with ``{n}``, binds ``bounds[n]``)."""
+        return ", ".join(template.format(n=n) for n in range(len(instants))), [b for bs in bounds for b in bs]
+
+    # Usage: one statement per table for every window of every instant (for one customer,
+    # statements are the cost).
+    cols, binds = per_instant("MIN(CASE WHEN day < ? THEN day END) AS first_{n}, "
+                              "SUM(CASE WHEN day >= ? AND day < ? THEN 1 ELSE 0 END) AS active_{n}, "
+                              "SUM(CASE WHEN day >= ? AND day < ? THEN events ELSE 0 END) AS events_{n}",
+                              [(s, d30, s, d30, s) for s, d30 in zip(stops, d30s, strict=True)])  # fmt: skip
+    for row in tx.fetchall(f"SELECT customer_id, {cols} FROM {DAYS} WHERE day < ?{where} GROUP BY customer_id",
+                           [*binds, stop_max, *params]):  # fmt: skip
+        for n, book in enumerate(books):
+            inputs = book.customers.get(row["customer_id"])
+            if inputs is not None and row[f"first_{n}"] is not None:
+                inputs.first_usage_day = row[f"first_{n}"]
+                inputs.active_days_30d, inputs.events_30d = int(row[f"active_{n}"] or 0), int(row[f"events_{n}"] or 0)
+    cols, binds = per_instant("COUNT(DISTINCT CASE WHEN day >= ? AND day < ? THEN user_hash END) AS n30_{n}, "
+                              "COUNT(DISTINCT CASE WHEN day >= ? AND day < ? THEN user_hash END) AS prev_{n}",
+                              [(d30, s, d60, d30) for s, d30, d60 in zip(stops, d30s, d60s, strict=True)])  # fmt: skip
+    for row in tx.fetchall(f"SELECT customer_id, {cols} FROM {USERS} WHERE day >= ? AND day < ?{where} GROUP BY customer_id",
+                           [*binds, min(d60s), stop_max, *params]):  # fmt: skip
+        for n, book in enumerate(books):
+            inputs = book.customers.get(row["customer_id"])
+            if inputs is not None:
+                inputs.active_users_30d, inputs.active_users_prev_30d = int(row[f"n30_{n}"]), int(row[f"prev_{n}"])
+    cols, binds = per_instant("MAX(CASE WHEN day >= ? AND day < ? THEN 1 ELSE 0 END) AS used_{n}",
+                              [(d30, s) for s, d30 in zip(stops, d30s, strict=True)])  # fmt: skip
+    for row in tx.fetchall(f"SELECT customer_id, feature, {cols} FROM {FEATURES} WHERE day >= ? AND day < ?{where} "
+                           "GROUP BY customer_id, feature", [*binds, min(d30s), stop_max, *params]):  # fmt: skip
+        for n, book in enumerate(books):
+            inputs = book.customers.get(row["customer_id"])
+            if inputs is not None and row[f"used_{n}"]:
+                inputs.features_30d.add(row["feature"])
+    first_days = book_feature_first_days(tx) if feature_first_days is None else feature_first_days
+    for book, stop in zip(books, stops, strict=True):
+        if book.customers:  # (an instant before the first registration keeps the empty defaults)
+            book.book_features = {feature for feature, first in first_days.items() if first < stop} - SESSION_LIKE
+
+    cols, binds = per_instant(f"(SELECT 1 FROM {TICKET_STATES} WHERE at < ? LIMIT 1) AS connected_{{n}}", [(t,) for t in ts])
+    connected = tx.fetchone(f"SELECT {cols}", binds) or {}
+    csat_froms = [utc_iso(as_of - timedelta(days=90)) for as_of in instants]
+    tickets = tx.fetchall(f"SELECT * FROM {TICKET_STATES} WHERE at < ?{where} ORDER BY position", [t_max, *params])
+    surveys = tx.fetchall(f"SELECT customer_id, score, responded_at FROM {SURVEYS} WHERE responded_at < ?{where} "
+                          "ORDER BY responded_at, survey_id", [t_max, *params])  # fmt: skip
+    cols, binds = per_instant("COUNT(CASE WHEN occurred_at < ? THEN 1 END) AS n_{n}, "
+                              "MAX(CASE WHEN occurred_at < ? THEN occurred_at END) AS last_{n}", [(t, t) for t in ts])  # fmt: skip
+    emails = tx.fetchall(f"SELECT customer_id, kind, {cols} FROM {EMAILS} WHERE occurred_at < ?{where} "
+                         "GROUP BY customer_id, kind", [*binds, t_max, *params])  # fmt: skip
+    overrides = tx.fetchall(f"SELECT * FROM {OVERRIDES} WHERE kind = 'health' AND at < ?{where} ORDER BY position",
+                            [t_max, *params])  # fmt: skip
+    for n, book in enumerate(books):
+        t, customers = ts[n], book.customers
+        if not customers:
+            continue
+        book.support_connected = bool(connected.get(f"connected_{n}"))
+        latest: dict[str, dict[str, Any]] = {}
+        for row in tickets:
+            if row["at"] >= t or row["customer_id"] not in customers:
+                continue
+            previous = latest.get(row["ticket_id"])
+            if row["csat"] is not None and row["at"] >= csat_froms[n] and (previous is None or previous["csat"] != row["csat"]):
+                customers[row["customer_id"]].csat_90d.append(float(row["csat"]))
+            latest[row["ticket_id"]] = row
+        for row in latest.values():
+            customers[row["customer_id"]].tickets.append(row)
+        for row in surveys:
+            if row["responded_at"] < t and row["customer_id"] in customers:
+                customers[row["customer_id"]].surveys.append((row["responded_at"], int(row["score"])))
+        for row in emails:
+            if row[f"n_{n}"] and row["customer_id"] in customers:
+                customers[row["customer_id"]].email_kinds[row["kind"]] = (int(row[f"n_{n}"]), row[f"last_{n}"])
+        for row in overrides:
+            if row["at"] < t and row["customer_id"] in customers:
+                customers[row["customer_id"]].override = row if row["expires_at"] > t else None
+    return books
+
+
+def _registered(timelines: dict[str, tuple[str, list[dict[str, Any]]]], as_of: datetime, t: str) -> dict[str, Inputs]:
+    """The customers registered before ``as_of`` (``t`` its stamp), with their contract state then
+    (``timelines``: customer -> when it was registered, :func:`contract_timeline`)."""
+    customers: dict[str, Inputs] = {}
     window_start = utc_iso(as_of - timedelta(days=180))
-    for cid, log_rows in logged.items():
-        if log_rows[0]["at"] >= t:
+    for cid, (registered_at, timeline) in timelines.items():
+        if registered_at >= t:
             continue  # registered at or after as_of
-        rows = [r for r in contract_timeline(log_rows) if r["at"] < t]
+        rows = [r for r in timeline if r["at"] < t]
         inputs = Inputs(cid, rows[-1])
         recent = [r["arr"] for r in rows if r["at"] >= window_start and r["arr"] is not None]
         before = [r for r in rows if r["at"] < window_start]
@@ -101,57 +220,7 @@ def gather(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None, *,
         now_renewal = rows[-1]["renewal_date"]
         inputs.renewal_extended = bool(start_renewal and now_renewal and now_renewal > start_renewal)
         customers[cid] = inputs
-    if not customers:
-        return BookInputs(as_of, scorecard, scorecard_at, set(), False, customers)
-    # The whole book: no list of ids (a book of tens of thousands would overflow a statement's
-    # parameters); rows of customers registered after as_of are skipped below.
-    where, params = _in(list(customers) if ids is not None else None)
-
-    def of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [r for r in rows if r["customer_id"] in customers]
-
-    d30, d60, stop = (day - timedelta(days=30)).isoformat(), (day - timedelta(days=60)).isoformat(), day.isoformat()
-    # One statement per table for both windows (for one customer, round trips are the cost).
-    for row in of(tx.fetchall(f"SELECT customer_id, MIN(day) AS first_day, SUM(CASE WHEN day >= ? THEN 1 ELSE 0 END) "
-                              f"AS active_days, SUM(CASE WHEN day >= ? THEN events ELSE 0 END) AS events FROM {DAYS} "
-                              f"WHERE day < ?{where} GROUP BY customer_id", [d30, d30, stop, *params])):  # fmt: skip
-        inputs = customers[row["customer_id"]]
-        inputs.first_usage_day = row["first_day"]
-        inputs.active_days_30d, inputs.events_30d = int(row["active_days"] or 0), int(row["events"] or 0)
-    for row in of(tx.fetchall(f"SELECT customer_id, COUNT(DISTINCT CASE WHEN day >= ? THEN user_hash END) AS n30, "
-                              f"COUNT(DISTINCT CASE WHEN day < ? THEN user_hash END) AS prev FROM {USERS} "
-                              f"WHERE day >= ? AND day < ?{where} GROUP BY customer_id", [d30, d30, d60, stop, *params])):  # fmt: skip
-        inputs = customers[row["customer_id"]]
-        inputs.active_users_30d, inputs.active_users_prev_30d = int(row["n30"]), int(row["prev"])
-    for row in of(tx.fetchall(f"SELECT DISTINCT customer_id, feature FROM {FEATURES} WHERE day >= ? AND day < ?{where}",
-                              [d30, stop, *params])):  # fmt: skip
-        customers[row["customer_id"]].features_30d.add(row["feature"])
-    if feature_first_days is None:
-        book_features = features_used_before(tx, stop)
-    else:
-        book_features = {feature for feature, first in feature_first_days.items() if first < stop}
-
-    support_connected = tx.fetchone(f"SELECT 1 AS x FROM {TICKET_STATES} WHERE at < ? LIMIT 1", [t]) is not None
-    csat_from = utc_iso(as_of - timedelta(days=90))
-    latest: dict[str, dict[str, Any]] = {}
-    for row in of(tx.fetchall(f"SELECT * FROM {TICKET_STATES} WHERE at < ?{where} ORDER BY position", [t, *params])):
-        previous = latest.get(row["ticket_id"])
-        if row["csat"] is not None and row["at"] >= csat_from and (previous is None or previous["csat"] != row["csat"]):
-            customers[row["customer_id"]].csat_90d.append(float(row["csat"]))
-        latest[row["ticket_id"]] = row
-    for row in latest.values():
-        customers[row["customer_id"]].tickets.append(row)
-
-    for row in of(tx.fetchall(f"SELECT customer_id, score, responded_at FROM {SURVEYS} WHERE responded_at < ?{where} "
-                              "ORDER BY responded_at, survey_id", [t, *params])):  # fmt: skip
-        customers[row["customer_id"]].surveys.append((row["responded_at"], int(row["score"])))
-    for row in of(tx.fetchall(f"SELECT customer_id, kind, COUNT(*) AS n, MAX(occurred_at) AS last_at FROM {EMAILS} "
-                              f"WHERE occurred_at < ?{where} GROUP BY customer_id, kind", [t, *params])):  # fmt: skip
-        customers[row["customer_id"]].email_kinds[row["kind"]] = (int(row["n"]), row["last_at"])
-    for row in of(tx.fetchall(f"SELECT * FROM {OVERRIDES} WHERE kind = 'health' AND at < ?{where} ORDER BY position",
-                              [t, *params])):  # fmt: skip
-        customers[row["customer_id"]].override = row if row["expires_at"] > t else None
-    return BookInputs(as_of, scorecard, scorecard_at, book_features - SESSION_LIKE, support_connected, customers)
+    return customers
 
 
 STATE_COLUMNS = ("registered_at", "arr", "seats", "contract_start", "renewal_date", "churned_on", "tier")
@@ -178,20 +247,15 @@ def contract_timeline(log_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return timeline
 
 
-def features_used_before(tx: Tx, stop: str) -> set[str]:
-    """Every feature the book used on a day before ``stop``, by a loose index scan over
+def book_feature_first_days(tx: Tx) -> dict[str, str]:
+    """Every feature seen in the book with the first day it was used, by a loose index scan over
     (feature, day): two index seeks per distinct feature instead of reading every row."""
     rows = tx.fetchall(
         f"WITH RECURSIVE f(feature) AS (SELECT MIN(feature) FROM {FEATURES} UNION ALL "
         f"SELECT (SELECT MIN(n.feature) FROM {FEATURES} n WHERE n.feature > f.feature) FROM f WHERE f.feature IS NOT NULL) "
-        f"SELECT feature FROM f WHERE feature IS NOT NULL "
-        f"AND (SELECT MIN(d.day) FROM {FEATURES} d WHERE d.feature = f.feature) < ?", [stop])  # fmt: skip
-    return {r["feature"] for r in rows}
-
-
-def book_feature_first_days(tx: Tx) -> dict[str, str]:
-    """Every feature seen in the book with the first day it was used (for ``gather``)."""
-    return {r["feature"]: r["first"] for r in tx.fetchall(f"SELECT feature, MIN(day) AS first FROM {FEATURES} GROUP BY feature")}
+        f"SELECT feature, (SELECT MIN(d.day) FROM {FEATURES} d WHERE d.feature = f.feature) AS first "
+        "FROM f WHERE feature IS NOT NULL")  # fmt: skip
+    return {r["feature"]: r["first"] for r in rows}
 
 
 def days_between(later: date, earlier_iso: str) -> int:

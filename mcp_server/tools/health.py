@@ -11,10 +11,11 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from events.errors import CustomerNotFoundError
 from mcp_server.services import Services
 from mcp_server.tools.common import after_write, command_meta, read_ready, services, tool_errors
 from projections.backtest import backtest
-from projections.health import Health, compare, health_as_of, health_in
+from projections.health import Health, compare, health_at
 from projections.store import Tx
 from projections.health_history import history_rows
 
@@ -74,11 +75,6 @@ def _out(h: Health, prior: Health | None, names: dict[str, tuple[str, str]]) -> 
                                                "scorecard", "note")})  # fmt: skip
 
 
-def _names(svc: Services) -> dict[str, tuple[str, str]]:
-    with svc.store.snapshot() as tx:
-        return _names_in(tx)
-
-
 def _names_in(tx: Tx, customer_id: str | None = None) -> dict[str, tuple[str, str]]:
     where, params = (" WHERE customer_id = ?", [customer_id]) if customer_id else ("", [])
     return {r["customer_id"]: (r["external_key"], r["name"]) for r in tx.fetchall(
@@ -86,17 +82,18 @@ def _names_in(tx: Tx, customer_id: str | None = None) -> dict[str, tuple[str, st
 
 
 def one_customer(svc: Services, client_id: str, as_of: datetime, compare_to: datetime | None, history: bool) -> HealthScore:
-    cid = svc.app.resolve(client_id)
-    with svc.store.snapshot() as tx:  # both instants and the name from one consistent read
-        now = health_in(tx, as_of, [cid]).get(str(cid))
-        prior = health_in(tx, as_of - timedelta(days=30), [cid]).get(str(cid)) if now is not None else None
+    cid = svc.app.candidate_id(client_id)
+    instants = [as_of, as_of - timedelta(days=30), *([compare_to] if compare_to is not None else [])]
+    with svc.store.snapshot() as tx:  # the name and every instant from one consistent read, in one pass
         names = _names_in(tx, str(cid))
+        if not names:  # (the views are at the head of the log: read_ready)
+            raise CustomerNotFoundError(client_id)
+        now, prior, *other = (scores.get(str(cid)) for scores in health_at(tx, instants, [cid]))
     if now is None:
         raise ToolError(f"as_of: {client_id!r} was not registered yet at {as_of.isoformat()}; pass a later instant")
     out = _out(now, prior, names)
     if compare_to is not None:
-        other = health_as_of(svc.store, compare_to, [cid]).get(str(cid))
-        out.comparison = compare(other, now) if other else {"note": f"not registered yet at {compare_to.isoformat()}"}
+        out.comparison = compare(other[0], now) if other[0] else {"note": f"not registered yet at {compare_to.isoformat()}"}
     if history:
         out.history = [{"day": r["day"], "score": r["score"], "band": r["band"], "confidence": r["confidence"]}
                        for r in history_rows(svc.store, cid)] or None  # fmt: skip
@@ -128,9 +125,9 @@ def register(mcp: MCPServer) -> None:
             if client_id:
                 one = one_customer(svc, client_id, moment, _now(compare_to) if compare_to else None, include_history)
                 return HealthReport(as_of=moment, customer=one)
-            scores = health_as_of(svc.store, moment)
-            prior = health_as_of(svc.store, moment - timedelta(days=30))
-        names = _names(svc)
+            with svc.store.snapshot() as tx:  # both instants and the names from one consistent read
+                scores, prior = health_at(tx, [moment, moment - timedelta(days=30)])
+                names = _names_in(tx)
         selected = [h for h in scores.values() if include_churned or not h.note or not h.note.startswith("churned")]
         summary: dict[str, int] = {}
         for h in selected:

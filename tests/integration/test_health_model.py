@@ -35,7 +35,7 @@ from events.domain import Customer, customer_id_for
 from events.settings import Settings
 from mcp_server.server import build_server
 from mcp_server.services import Services, open_services
-from projections.health import health_as_of
+from projections.health import health_as_of, health_at
 from projections.health_history import history_rows, rebuild_history, update_history
 from tests.conftest import MASTER_KEY
 from tests.support.postgres import create_database, drop_database
@@ -299,6 +299,14 @@ class World:
     tickets: dict[int, ZTicket] = field(default_factory=dict)
     counter: int = 0
 
+    @classmethod
+    def of_three(cls, svc: Services, t: datetime) -> World:
+        """The three customers of KEYS, registered 90 days before ``t``, renewing 0, 40 and 80 days after it."""
+        start = (t - timedelta(days=90)).date().isoformat()
+        load_customers(svc, [account(k, start=start, renewal=(t + timedelta(days=40 * i)).date().isoformat())
+                             for i, k in enumerate(KEYS)])  # fmt: skip
+        return cls(svc, t)
+
     def apply(self, ops: Sequence[tuple[Any, ...]]) -> None:
         usage: list[str] = []
         tickets: list[ZTicket] = []
@@ -378,24 +386,26 @@ def _as_of_t(svc: Services, instants: Sequence[datetime]) -> list[dict[str, Any]
 PROPERTY_EXAMPLES = int(os.environ.get("CS_HEALTH_PROPERTY_EXAMPLES", "12"))
 
 
+def _property(examples: int) -> Any:
+    """Hypothesis settings for the properties below (each example builds a fresh store)."""
+    return hyp_settings(max_examples=examples, deadline=None, derandomize=True,
+                        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                               HealthCheck.data_too_large])  # fmt: skip
+
+
 def test_score_as_of_t_ignores_events_that_occurred_after_t(settings: Settings, request: pytest.FixtureRequest) -> None:
     """Hypothesis: for a random history, appending any mix of events that occurred at or after
     T (usage, tickets new and changed, NPS, e-mail events, contract changes, churns, overrides,
     scorecard changes, new customers) leaves every customer's full health as of T unchanged."""
 
-    @hyp_settings(max_examples=PROPERTY_EXAMPLES, deadline=None, derandomize=True,
-                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                         HealthCheck.data_too_large])  # fmt: skip
+    @_property(PROPERTY_EXAMPLES)
     @given(day=st.integers(0, 200), second=st.integers(0, SECONDS_PER_DAY - 1),
            before=st.lists(_ops(BEFORE_OR_AROUND), min_size=4, max_size=25),
            after=st.lists(_ops(AFTER), min_size=1, max_size=25))  # fmt: skip
     def check(day: int, second: int, before: list[tuple[Any, ...]], after: list[tuple[Any, ...]]) -> None:
         t = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(days=day, seconds=second)
         with fresh_services(settings, lambda: request.getfixturevalue("pg_admin_url")) as svc:
-            start = (t - timedelta(days=90)).date().isoformat()
-            load_customers(svc, [account(k, start=start, renewal=(t + timedelta(days=40 * i)).date().isoformat())
-                                 for i, k in enumerate(KEYS)])  # fmt: skip
-            world = World(svc, t)
+            world = World.of_three(svc, t)
             world.apply(before)
             instants = [t, t - timedelta(days=3, seconds=1)]
             expected = _as_of_t(svc, instants)
@@ -410,6 +420,44 @@ def test_score_as_of_t_ignores_events_that_occurred_after_t(settings: Settings, 
     check()
     # Not vacuous: customers had scores at T, and the appended events did change later scores.
     assert seen["scored"] >= seen["examples"] and seen["later_changed"] >= seen["examples"] // 2, seen
+
+
+def test_one_pass_at_several_instants_equals_each_instant_alone(settings: Settings, request: pytest.FixtureRequest) -> None:
+    """Hypothesis: ``health_at`` (one set of queries for several instants: a score with its 30-day
+    trend, a comparison) gives at every instant exactly what that instant alone gives, for the
+    whole book and for a few customers, including an instant before anyone was registered, one
+    where the windows of the instants overlap and one where they do not."""
+
+    @_property(max(4, PROPERTY_EXAMPLES // 2))
+    @given(day=st.integers(0, 200), second=st.integers(0, SECONDS_PER_DAY - 1),
+           ops=st.lists(_ops(BEFORE_OR_AROUND), min_size=4, max_size=30),
+           later=st.lists(_ops(AFTER), max_size=10))  # fmt: skip
+    def check(day: int, second: int, ops: list[tuple[Any, ...]], later: list[tuple[Any, ...]]) -> None:
+        t = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(days=day, seconds=second)
+        with fresh_services(settings, lambda: request.getfixturevalue("pg_admin_url")) as svc:
+            world = World.of_three(svc, t)
+            world.apply(ops)
+            world.apply(later)
+            svc.engine.ensure_current()
+            instants = [t, t - timedelta(days=30), t - timedelta(days=3, seconds=1), t + timedelta(days=46),
+                        t - timedelta(days=400)]  # fmt: skip
+            some = [customer_id_for(k) for k in ("bravo", "delta")]
+            with svc.store.snapshot() as tx:
+                for ids in (None, some):
+                    together = [_dicts(h) for h in health_at(tx, instants, ids)]
+                    alone = [_dicts(health_at(tx, [moment], ids)[0]) for moment in instants]
+                    assert together == alone
+                    seen["scored"] += sum(1 for h in together[0].values() if h["score"] is not None)
+            assert together[-1] == {}  # before the first registration
+            seen["examples"] += 1
+
+    seen = {"examples": 0, "scored": 0}
+    check()
+    assert seen["scored"] >= seen["examples"], seen  # not vacuous: customers had scores
+
+
+def _dicts(scores: dict[str, Any]) -> dict[str, Any]:
+    return {cid: h.as_dict() for cid, h in sorted(scores.items())}
 
 
 def test_a_churn_imported_with_its_date_keeps_later_changes_out_of_the_past(
