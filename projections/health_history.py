@@ -9,12 +9,13 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
-from projections.health import health_as_of
+from projections.health import health_at
 from projections.health_inputs import CONTRACTS
 from projections.store import ViewStore
 
 HISTORY = "cs_health_history_v1"
 MAX_BACKFILL_DAYS = 365  # a first run records at most a year back
+DAYS_PER_READ = 8
 SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {HISTORY} (customer_id TEXT NOT NULL, day TEXT NOT NULL, score DOUBLE PRECISION,
     computed_score DOUBLE PRECISION, band TEXT NOT NULL, confidence DOUBLE PRECISION NOT NULL, components TEXT NOT NULL,
@@ -48,18 +49,23 @@ def update_history(store: ViewStore, until: date, *, start: date | None = None) 
     written = 0
     day = start
     while day <= until:
-        scores = health_as_of(store, end_of(day))
-        rows = [
-            (cid, day.isoformat(), h.score, h.computed_score, h.band, h.confidence,
-             json.dumps([[c.name, c.score] for c in h.components]))
-            for cid, h in scores.items()
-        ]  # fmt: skip
-        with store.transaction() as tx:
-            tx.execute(f"DELETE FROM {HISTORY} WHERE day = ?", (day.isoformat(),))
-            tx.executemany(f"INSERT INTO {HISTORY} (customer_id, day, score, computed_score, band, confidence, components)"
-                           " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)  # fmt: skip
-        written += len(rows)
-        day += timedelta(days=1)
+        # A few days per read (one pass over the signals for all of them: about 2.5x less work per
+        # day than one read each), each day still written in its own transaction.
+        days = [day + timedelta(days=k) for k in range(min(DAYS_PER_READ, (until - day).days + 1))]
+        with store.snapshot() as tx:
+            per_day = health_at(tx, [end_of(d) for d in days])
+        for d, scores in zip(days, per_day, strict=True):
+            rows = [
+                (cid, d.isoformat(), h.score, h.computed_score, h.band, h.confidence,
+                 json.dumps([[c.name, c.score] for c in h.components]))
+                for cid, h in scores.items()
+            ]  # fmt: skip
+            with store.transaction() as tx:
+                tx.execute(f"DELETE FROM {HISTORY} WHERE day = ?", (d.isoformat(),))
+                tx.executemany(f"INSERT INTO {HISTORY} (customer_id, day, score, computed_score, band, confidence, components)"
+                               " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)  # fmt: skip
+            written += len(rows)
+        day = days[-1] + timedelta(days=1)
     return written
 
 
