@@ -5,6 +5,7 @@ from __future__ import annotations
 from projections.audit import AuditChainProjection
 from projections.base import Projection
 from projections.health_inputs import HealthInputsProjection
+from projections.late_events import LateEventsProjection
 from projections.milestones import MilestonesProjection
 from projections.feedback import EmailProjection, FeedbackProjection
 from projections.profile import CustomerProfileProjection
@@ -25,6 +26,7 @@ def default_projections() -> list[Projection]:
         EmailProjection(),
         SyncStatusProjection(),
         HealthInputsProjection(),
+        LateEventsProjection(),
         SegmentsProjection(),
         MilestonesProjection(),
         AuditChainProjection(),

@@ -9,13 +9,19 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
+from projections.feedback import EmailProjection, FeedbackProjection
 from projections.health import health_at
-from projections.health_inputs import CONTRACTS
-from projections.store import ViewStore
+from projections.health_inputs import CONTRACTS, HealthInputsProjection
+from projections.late_events import LATE_DAYS, LateEventsProjection
+from projections.store import Tx, ViewStore
+from projections.usage import UsageProjection
 
 HISTORY = "cs_health_history_v1"
 MAX_BACKFILL_DAYS = 365  # a first run records at most a year back
 DAYS_PER_READ = 8
+# The projections whose views the health model reads, and the late-event markers.
+MODEL_VIEWS = tuple(p.name for p in (UsageProjection, HealthInputsProjection, FeedbackProjection, EmailProjection,
+                                     LateEventsProjection))  # fmt: skip
 SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {HISTORY} (customer_id TEXT NOT NULL, day TEXT NOT NULL, score DOUBLE PRECISION,
     computed_score DOUBLE PRECISION, band TEXT NOT NULL, confidence DOUBLE PRECISION NOT NULL, components TEXT NOT NULL,
@@ -30,22 +36,35 @@ def end_of(day: date) -> datetime:
 def ensure_table(store: ViewStore) -> None:
     with store.transaction() as tx:
         tx.execute(SCHEMA)
+        for statement in LateEventsProjection().schema():  # (when its runner has not started yet)
+            tx.execute(statement)
 
 
 def update_history(store: ViewStore, until: date, *, start: date | None = None) -> int:
     """Record each day from the day after the last recorded one (or the first registration,
-    at most a year back) up to ``until`` inclusive; returns the number of rows written."""
+    at most a year back) up to ``until`` inclusive; returns the number of rows written.
+
+    Days already recorded that a late event changed (:mod:`projections.late_events`: an event
+    recorded on a later day than it occurred on) are recorded again first, from the earliest
+    such day, so the stored history stays what recomputing it from the log gives."""
     ensure_table(store)
     with store.snapshot() as tx:
         last = tx.fetchone(f"SELECT MAX(day) AS day FROM {HISTORY}")
         first = tx.fetchone(f"SELECT MIN(at) AS at FROM {CONTRACTS}")
+        late = late_markers(tx)
+    oldest = until - timedelta(days=MAX_BACKFILL_DAYS)
     if start is None:
         if last and last["day"]:
             start = date.fromisoformat(last["day"]) + timedelta(days=1)
+            if late:
+                start = min(start, max(date.fromisoformat(min(day for day, _ in late)), oldest))
         elif first and first["at"]:
-            start = max(date.fromisoformat(first["at"][:10]), until - timedelta(days=MAX_BACKFILL_DAYS))
+            start = max(date.fromisoformat(first["at"][:10]), oldest)
         else:
             return 0
+        done = late  # honoured, or older than the oldest day a run records
+    else:
+        done = [(day, position) for day, position in late if day >= start.isoformat()]
     written = 0
     day = start
     while day <= until:
@@ -66,7 +85,22 @@ def update_history(store: ViewStore, until: date, *, start: date | None = None) 
                                " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)  # fmt: skip
             written += len(rows)
         day = days[-1] + timedelta(days=1)
+    if done:  # a marker moved on by a later late event (another position) stays for the next run
+        with store.transaction() as tx:
+            tx.executemany(f"DELETE FROM {LATE_DAYS} WHERE day = ? AND position = ?", done)
     return written
+
+
+def late_markers(tx: Tx) -> list[tuple[str, int]]:
+    """The late-event days (day, position) whose event every view the health model reads has
+    folded: a marker ahead of one of them waits for the next run."""
+    rows = tx.fetchall("SELECT name, position FROM cs_checkpoints")
+    folded = {r["name"]: int(r["position"]) for r in rows}
+    if any(name not in folded for name in MODEL_VIEWS):
+        return []
+    upto = min(folded[name] for name in MODEL_VIEWS)
+    return [(r["day"], int(r["position"])) for r in tx.fetchall(
+        f"SELECT day, position FROM {LATE_DAYS} WHERE position <= ? ORDER BY day", [upto])]  # fmt: skip
 
 
 def rebuild_history(store: ViewStore, until: date) -> int:

@@ -518,6 +518,40 @@ def test_rebuild_reproduces_the_stored_history_row_for_row(services: Services) -
     assert history_rows(services.store) == stored
 
 
+def test_late_events_record_the_days_they_changed_again(services: Services) -> None:
+    """An NPS answer and a day of usage that arrive after their days were recorded (a late
+    export): the next run records those days again, from the earliest one, so the stored history
+    equals a recomputation from the log; the days before stay as they were, and a further run
+    has nothing left to do."""
+    first = date(2026, 10, 1)
+    days = [first + timedelta(days=i) for i in range(6)]
+    load_customers(services, [account("steady", start=(first - timedelta(days=3)).isoformat()),
+                              account("fading", start=(first - timedelta(days=2)).isoformat(), seats=6)])  # fmt: skip
+    for day in days:  # each day's usage, then the day recorded
+        load(services, "mixpanel", "\n".join(daily_usage("steady", day, day, 5) + daily_usage("fading", day, day, 2)) + "\n")
+        update_history(services.store, day)
+    before = {(r["customer_id"], r["day"]): r for r in history_rows(services.store)}
+
+    late_day, later_day = days[2], days[4]
+    load(services, "mixpanel", "\n".join(daily_usage("fading", later_day, later_day, 6)) + "\n")
+    load(services, "nps", nps_csv([("late-1", "fading", 1, at(late_day, 10))]))
+    rewritten = update_history(services.store, days[-1])  # nothing new to record: only the late days
+    after = {(r["customer_id"], r["day"]): r for r in history_rows(services.store)}
+    fading = str(customer_id_for("fading"))
+
+    assert rewritten == 2 * len([d for d in days if d >= late_day])  # both customers, from the late day on
+    assert after.keys() == before.keys()
+    changed = sorted(day for (cid, day), row in after.items() if row != before[(cid, day)])
+    assert changed and changed[0] == late_day.isoformat() and all(cid == fading for cid, day in after
+                                                                  if after[(cid, day)] != before[(cid, day)])  # fmt: skip
+    assert all(after[k] == before[k] for k in after if k[1] < late_day.isoformat())
+    assert update_history(services.store, days[-1]) == 0  # the markers were taken into account
+
+    services.engine.rebuild()
+    rebuild_history(services.store, days[-1])
+    assert {(r["customer_id"], r["day"]): r for r in history_rows(services.store)} == after
+
+
 # ---------------------------------------------------------------- d: risky vs healthy, from imports
 def _book(today: date) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Customers and their signal files for ``today``: healthy ones, ones in trouble on every
