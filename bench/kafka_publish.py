@@ -15,6 +15,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import pickle
 import queue
 import sys
 import tempfile
@@ -64,6 +65,31 @@ def write_events(svc: Services, count: int, tag: str) -> dict[int, float]:
         last = result.position
         i += 1
     return written
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU time (user + system, every thread) of another process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+def transfer_cost(sink: Any, batch: Sequence[Any], rounds: int = 20) -> dict[str, float]:
+    """What handing a prepared batch to the producer process costs per event besides the socket
+    write: pickling it here, unpickling it there (best of ``rounds``), and its size."""
+    records = sink.prepare(batch)
+    dumps, loads = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        payload = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+        dumps.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        pickle.loads(payload)
+        loads.append(time.perf_counter() - started)
+    return {
+        "transfer_pickle_us_per_event": min(dumps) / len(records) * 1e6,
+        "transfer_unpickle_us_per_event": min(loads) / len(records) * 1e6,
+        "transfer_bytes_per_event": len(payload) / len(records),
+    }
 
 
 def drain(relay: EventRelay, head: int) -> None:
@@ -131,10 +157,17 @@ def run(events: int, burst: int, bootstrap: str) -> dict[str, Any]:
             # Throughput: a backlog written while the publisher was stopped.
             head = max(write_events(svc, events, "backlog"))
             backlog = head - relay.checkpoint()
+            producer_pid = relay.sink.pid  # type: ignore[attr-defined]
+            assert producer_pid is not None, "the warm-up started the producer process"
+            child_started = process_cpu_s(producer_pid)
             started, cpu_started = time.perf_counter(), time.process_time()
             drain(relay, head)
             publish_s = time.perf_counter() - started
             publish_cpu_s = time.process_time() - cpu_started  # every thread of this process
+            publish_child_cpu_s = process_cpu_s(producer_pid) - child_started
+            if relay.sink.pid != producer_pid:  # type: ignore[attr-defined]
+                raise RuntimeError("the producer process was restarted during the throughput phase")
+            transfer = transfer_cost(relay.sink, svc.app.recorder.select_notifications(start=head - 999, limit=1000))
             svc.engine.catch_up()  # the views too, so the burst below starts from a current process
 
             # Lag: the background threads of `cs serve`, a consumer in another process.
@@ -172,6 +205,10 @@ def run(events: int, burst: int, bootstrap: str) -> dict[str, Any]:
         "publish_cpu_s": publish_cpu_s,
         "publish_cpu_us_per_event": publish_cpu_s / backlog * 1e6,
         "publish_events_per_cpu_s": backlog / publish_cpu_s,
+        "publish_producer_cpu_s": publish_child_cpu_s,
+        "publish_producer_cpu_us_per_event": publish_child_cpu_s / backlog * 1e6,
+        "publish_total_cpu_us_per_event": (publish_cpu_s + publish_child_cpu_s) / backlog * 1e6,
+        **transfer,
         "burst_events": len(written),
         "burst_write_s": burst_write_s,
         "burst_write_events_per_s": len(written) / burst_write_s,
