@@ -292,3 +292,47 @@ def test_the_producer_process_imports_kafka_python_and_not_the_application() -> 
     allowed = {"connectors.kafka_producer", "events.collector", "mcp_server.logs"}  # and their (empty) packages
     assert ours == allowed | {name.partition(".")[0] for name in allowed}
     assert not {m for m in modules if m.split(".")[0] in {"eventsourcing", "mcp", "psycopg", "starlette", "uvicorn"}}
+
+
+def producer_processes(data_dir: Path) -> list[int]:
+    """The producer processes started by a backend on ``data_dir`` (they inherit its environment)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"connectors.kafka_producer" not in (proc / "cmdline").read_bytes():
+                continue
+            if f"CS_DATA_DIR={data_dir}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except (OSError, ValueError):  # not a process, gone meanwhile, or not ours
+            continue
+    return found
+
+
+@pytest.mark.anyio
+async def test_cs_serve_over_stdio_publishes_through_its_producer_process_and_leaves_none(
+    tmp_path: Path, broker: KafkaBroker
+) -> None:
+    """``cs serve`` (stdio) with the publisher on: the MCP channel on stdout keeps working while
+    the producer process runs, the event reaches the topic, and once the server exits its
+    producer process is gone too."""
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    from tests.conftest import MASTER_KEY
+
+    data_dir, topic = tmp_path / "data", f"cs.events.test-stdio-{os.getpid()}"
+    env = {"CS_DATA_DIR": str(data_dir), "CS_MASTER_KEY": MASTER_KEY, "CS_KAFKA_BOOTSTRAP": broker.bootstrap,
+           "CS_KAFKA_TOPIC": topic}  # fmt: skip
+    params = StdioServerParameters(command=str(Path(sys.executable).with_name("cs")), args=["serve"], env=env)
+    async with Client(params, read_timeout_seconds=60) as client:
+        result = await client.call_tool("register_client", {"client_name": "Northwind", "arr": 1000, "tier": "growth"})
+        assert not result.is_error, result.content
+        wait_until(lambda: len(read_topic(broker.bootstrap, topic)) >= 1, 30, "the registration on the topic")
+        (producer,) = producer_processes(data_dir)
+        listed = await client.call_tool("list_clients", {})  # the stdio channel still answers
+        assert not listed.is_error and listed.structured_content is not None
+        assert [c["client_id"] for c in listed.structured_content["items"]] == ["northwind"]
+    wait_until(lambda: exited(producer), 15, "the producer process gone after the server")
+    assert producer_processes(data_dir) == []
+    types = [json.loads(r.value)["type"] for r in read_topic(broker.bootstrap, topic)]
+    assert types[0] == "customer.registered"
