@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
+from eventsourcing.utils import get_topic
 
 from events.commands import CommandMeta
 from events.signals import SOLVED_STATES, Connector, EmailEvent, SurveyResponse, Ticket, UsageDay, signal_id
@@ -174,6 +175,60 @@ def moment_of(value: int | datetime) -> datetime:
     return datetime.fromtimestamp(value, timezone.utc) if type(value) is int else value  # type: ignore[arg-type]
 
 
+class UsageCarry:
+    """What an import of many chunks carries from one chunk's commit to the next: each
+    customer's user digests (the same for every day), and the usage days the last chunk
+    committed, at their stored state, so that the next chunk (which mostly continues the last
+    chunk's days: the export is ordered by time) does not read them back and fold them again.
+
+    :meth:`SignalBatch.usage` takes the days (a batch that fails leaves none behind: its
+    aggregates may hold events that were never stored) and :meth:`SignalBatch.commit` puts back
+    those of its batch once they are stored. A day another writer appended to meanwhile fails
+    that commit with a version conflict, and the retry reads it from the store."""
+
+    __slots__ = ("user_hashes", "days")
+
+    def __init__(self) -> None:
+        self.user_hashes: dict[str, dict[str, str]] = {}  # per customer key: user -> digest
+        self.days: dict[UUID, UsageDay] = {}
+
+
+_USAGE_TOPIC = get_topic(UsageDay)
+_OPENED, _COUNTED = UsageDay.Opened, UsageDay.Counted
+
+
+def open_usage_day(uid: UUID, customer_id: str | None, account: str, day: str, kw: dict[str, Any]) -> UsageDay:
+    """``UsageDay(customer_id=..., account=..., day=..., **kw)`` for the id the roll-up already
+    has: the same ``Opened`` event (its fields in the dataclass's order) and the aggregate that
+    eventsourcing folds from it (``event.mutate(None)``, as a replay does), without the ``@event``
+    call's argument coercion and signature filtering, and without computing the uuid5 id again."""
+    event = object.__new__(_OPENED)
+    object.__setattr__(event, "__dict__", {
+        "originator_id": uid, "originator_version": 1, "timestamp": _OPENED.create_timestamp(),
+        "originator_topic": _USAGE_TOPIC, "actor": kw["actor"], "source": kw["source"], "source_id": kw["source_id"],
+        "occurred_at": kw["occurred_at"], "customer_id": customer_id, "account": account, "day": day,
+    })  # fmt: skip
+    usage_day: UsageDay = event.mutate(None)  # type: ignore[assignment]
+    usage_day.pending_events.append(event)
+    return usage_day
+
+
+def count_usage(usage_day: UsageDay, events: int, sessions: int, users: list[str], features: dict[str, int],
+                insert_ids: list[str], kw: dict[str, Any]) -> None:  # fmt: skip
+    """``usage_day.count(events=..., ..., **kw)``: the same ``Counted`` event (fields in the
+    dataclass's order), applied by eventsourcing's own ``mutate`` (the method's body, the
+    version, ``modified_on``), without the ``@event`` call's argument handling."""
+    event = object.__new__(_COUNTED)
+    object.__setattr__(event, "__dict__", {
+        "originator_id": usage_day.id, "originator_version": usage_day.version + 1,
+        "timestamp": _COUNTED.create_timestamp(), "actor": kw["actor"], "source": kw["source"],
+        "source_id": kw["source_id"], "occurred_at": kw["occurred_at"], "events": events, "sessions": sessions,
+        "users": users, "features": features, "insert_ids": insert_ids,
+    })  # fmt: skip
+    event.mutate(usage_day)
+    usage_day.pending_events.append(event)
+
+
 @dataclass(frozen=True)
 class SurveyAnswer:
     response_id: str
@@ -242,6 +297,7 @@ class SignalBatch:
         self.report = BatchReport()
         self._aggregates: dict[UUID, Aggregate] = {}
         self._absent: set[UUID] = set()  # looked up in bulk and not stored (yet)
+        self._carry: UsageCarry | None = None  # given to usage(): gets this batch's days back once stored
 
     # ------------------------------------------------------------------ helpers
     def _load(self, aggregate_id: UUID) -> Aggregate | None:
@@ -253,10 +309,11 @@ class SignalBatch:
         self._aggregates[aggregate_id] = aggregate
         return aggregate
 
-    def _preload(self, aggregate_ids: Iterable[UUID]) -> None:
-        """Load the stored ones of many aggregates at once (a few queries instead of two per id)."""
+    def _preload(self, aggregate_ids: Iterable[UUID], held: dict[UUID, Any] | None = None) -> None:
+        """Load the stored ones of many aggregates at once (a few queries instead of two per id);
+        ``held``: those the caller has at their stored state (see ``load_many``)."""
         wanted = [i for i in aggregate_ids if i not in self._aggregates and i not in self._absent]
-        found = self.app.load_many(wanted)
+        found = self.app.load_many(wanted, held=held)
         self._aggregates.update(found)
         self._absent.update(i for i in wanted if i not in found)
 
@@ -321,13 +378,15 @@ class SignalBatch:
         return "unchanged"
 
     # -------------------------------------------------------------------- usage
-    def usage(self, groups: list[UsageGroup], match_for: dict[str | None, Match],
-              user_hashes: dict[str, dict[str, str]] | None = None) -> None:  # fmt: skip
+    def usage(self, groups: list[UsageGroup], match_for: dict[str | None, Match], carry: UsageCarry | None = None) -> None:
         """Roll raw product events, grouped per account-day in chunk order, up per customer-day;
-        an ``$insert_id`` already seen counts once. ``user_hashes`` may carry the user digests
-        over from the previous chunks of the same import (they are the same for every day)."""
+        an ``$insert_id`` already seen counts once. ``carry`` holds what the previous chunks of
+        the same import leave to this one (see :class:`UsageCarry`)."""
         customers = {account: str(m.customer_id) if m.customer_id else None for account, m in match_for.items()}
-        hashes = {} if user_hashes is None else user_hashes
+        carry = UsageCarry() if carry is None else carry
+        held, carry.days = carry.days, {}  # taken: see UsageCarry
+        self._carry = carry
+        hashes = carry.user_hashes
         merged: dict[tuple[str | None, str, date], list[UsageGroup]] = {}
         for g in groups:  # in the order of their first event, as the customer-days are then
             customer = customers[g.account]
@@ -335,7 +394,7 @@ class SignalBatch:
             self.report.received += g.size
         keys = {group: (group[0], group[1], group[2].isoformat()) for group in merged}
         uids = {group: UsageDay.create_id(*key) for group, key in keys.items()}
-        self._preload(uids.values())
+        self._preload(uids.values(), held)
         for group, parts in merged.items():
             customer, account, day = keys[group]
             uid = uids[group]
@@ -343,41 +402,41 @@ class SignalBatch:
             whole = parts[0] if len(parts) == 1 else UsageGroup.merged(parts)
             usage_day: UsageDay | None = self._load(uid)  # type: ignore[assignment]
             if usage_day is None:
-                usage_day = UsageDay(customer_id=customer, account=account, day=day,
-                                     **self._kw(moment_of(whole.latest_all), f"{key}/{day}"))  # fmt: skip
+                usage_day = open_usage_day(uid, customer, account, day,
+                                           self._kw(moment_of(whole.latest_all), f"{key}/{day}"))  # fmt: skip
                 self._aggregates[uid] = usage_day
             seen = usage_day.seen_inserts
-            if not seen or seen.isdisjoint(whole.inserts):
+            if not seen or seen.isdisjoint(whole.sorted_inserts):
                 fresh = whole
-            elif seen.issuperset(whole.inserts):  # a file or day read again
+            elif seen.issuperset(whole.sorted_inserts):  # a file or day read again
                 self.report.duplicates += whole.size
                 continue
             else:
                 fresh = whole.without(seen)
-            self.report.duplicates += whole.size - len(fresh.inserts)
-            if not fresh.inserts:
+            self.report.duplicates += whole.size - len(fresh.sorted_inserts)
+            if not fresh.sorted_inserts:
                 continue
             if customer is None:
-                self.report.unmatched += len(fresh.inserts)
+                self.report.unmatched += len(fresh.sorted_inserts)
             known = hashes.get(key)
             if known is None:
                 known = hashes[key] = {}
-            digests = set()
-            for user in fresh.distinct_users:
-                digest = known.get(user)
-                if digest is None:
-                    digest = known[user] = short_hash(key, user)
-                digests.add(digest)
+            try:
+                digests = set(map(known.__getitem__, fresh.distinct_users))
+            except KeyError:  # users not met before in this import
+                for user in fresh.distinct_users:
+                    if user not in known:
+                        known[user] = short_hash(key, user)
+                digests = set(map(known.__getitem__, fresh.distinct_users))
             names = fresh.name_counts
-            usage_day.count(
-                events=len(fresh.inserts),
-                sessions=sum(n for name, n in names.items() if name in SESSION_EVENTS),
-                users=sorted(digests - usage_day.seen_users),
-                features={name: n for name, n in names.items() if name not in SESSION_EVENTS},
-                insert_ids=fresh.sorted_inserts,
-                **self._kw(moment_of(fresh.latest), f"{key}/{day}"),
-            )
-            self.report.recorded += len(fresh.inserts)
+            count_usage(
+                usage_day, len(fresh.sorted_inserts),
+                sum(n for name, n in names.items() if name in SESSION_EVENTS),
+                sorted(digests - usage_day.seen_users),
+                {name: n for name, n in names.items() if name not in SESSION_EVENTS},
+                fresh.sorted_inserts, self._kw(moment_of(fresh.latest), f"{key}/{day}"),
+            )  # fmt: skip
+            self.report.recorded += len(fresh.sorted_inserts)
 
     # ------------------------------------------------------------------ surveys
     def survey(self, answer: SurveyAnswer, match: Match) -> str:
@@ -445,6 +504,8 @@ class SignalBatch:
             # snapshotting interval applies to it (it gains an event per batch for ever).
             recordings = self.app.save_events(pending, connector)
             self.report.position = recordings[-1].notification.id
+        if self._carry is not None:  # stored: their state is the store's now
+            self._carry.days = {i: a for i, a in self._aggregates.items() if type(a) is UsageDay}
         self._aggregates.clear()
         self._absent.clear()
         return self.report
