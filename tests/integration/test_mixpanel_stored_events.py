@@ -9,7 +9,10 @@ its first 1,200 lines imported in chunks of 300, then the whole file in chunks o
 partly, wholly and not yet seen). Only what wall clocks set is left out: every event's
 ``timestamp`` and the connector's batch records' ``occurred_at``.
 
-Regenerate (only when a change of the stored events is intended and explained):
+Also: the usage days carried from one chunk's commit to the next (events.ingest.UsageCarry) are
+read from the store again when another writer appended to one in between.
+
+Regenerate the pinned events (only when a change of the stored events is intended and explained):
 ``python -m tests.integration.test_mixpanel_stored_events``."""
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from connectors.service import Ingestion
 from events.settings import Settings
 from mcp_server.services import Services, open_services
 from projections.profile import CustomerDirectory
-from tests.integration.test_connector_imports import _big_mixpanel_lines
-from tests.support.connectors import register_customers
+from events.signals import UsageDay
+from tests.integration.test_connector_imports import _big_mixpanel_lines, _usage_expected, _usage_rows
+from tests.support.connectors import ACME, register_customers
 
 GOLDEN = Path(__file__).parent / "golden" / "mixpanel_import_events.json"
 CONNECTOR_TOPIC = "events.signals:Connector."
@@ -80,6 +84,35 @@ def test_a_chunked_import_stores_the_pinned_events(settings: Settings) -> None:
     assert len(got) == len(expected)
     for i, (ours, pinned) in enumerate(zip(got, expected, strict=True)):
         assert ours == pinned, f"stored event {i} differs"
+
+
+def test_a_day_another_writer_appends_to_between_chunks_is_read_again(settings: Settings) -> None:
+    """The days a chunk commits are carried to the next chunk at their stored state; when another
+    writer appends to one in between, the next chunk's commit conflicts, is rebuilt from the
+    store and goes in: the day holds both (and the import records all of its events)."""
+    lines = _big_mixpanel_lines()  # each 300-line chunk holds events of every one of its days
+    expected, _, _, _ = _usage_expected(lines)
+    day = "2026-02-03"
+    uid = UsageDay.create_id(ACME, "", day)
+    with open_services(settings) as svc:
+        register_customers(svc)
+        ingestion = Ingestion(svc.app, CustomerDirectory(svc.store), settings, actor="test", usage_chunk=300)
+
+        def rival_after_first_chunk(_: int, calls: list[int] = []) -> None:  # noqa: B006
+            calls.append(1)
+            if len(calls) == 1:
+                usage: UsageDay = svc.app.repository.get(uid)
+                usage.count(events=1, sessions=0, users=[], features={"Rival Feature": 1}, insert_ids=["rival"],
+                            actor="rival", source="test", source_id="rival", occurred_at=datetime(2026, 2, 3, 12))  # fmt: skip
+                svc.app.save(usage)
+
+        report = ingestion.import_file("mixpanel", io.StringIO("\n".join(lines) + "\n"), "big.jsonl",
+                                       rival_after_first_chunk)  # fmt: skip
+        assert report.recorded == sum(r[3] for r in expected)
+        rows = _usage_rows(svc)
+    acme_day = next(r for r in expected if r[:3] == (ACME, "", day))
+    with_rival = (*acme_day[:3], acme_day[3] + 1, *acme_day[4:6], tuple(sorted([*acme_day[6], ("Rival Feature", 1)])))
+    assert rows == expected - {acme_day} | {with_rival}
 
 
 if __name__ == "__main__":  # regenerate the pinned events (see the module doc)
