@@ -3,11 +3,13 @@ with its aggregate, version, topic and state as eventsourcing's own ``JSONTransc
 it) are those recorded in ``golden/mixpanel_import_events.json``, written by the import code of
 main 4372022 (before the third round of import work) from the same lines on SQLite.
 
-The file is the 2,400-line export of ``test_connector_imports`` (known and unknown accounts,
-repeated and missing ``$insert_id``, times in seconds, milliseconds and ISO text, bad lines):
-its first 1,200 lines imported in chunks of 300, then the whole file in chunks of 300 (days
-partly, wholly and not yet seen). Only what wall clocks set is left out: every event's
-``timestamp`` and the connector's batch records' ``occurred_at``.
+Two files, each imported first in part, then whole, in chunks (days partly, wholly and not yet
+seen): ``irregular``, the 2,400-line export of ``test_connector_imports`` (known and unknown
+accounts, repeated and missing ``$insert_id``, times in seconds, milliseconds and ISO text, bad
+lines), which the worker parses line by line; ``usual``, lines of the export's usual shape in
+time order, which it parses column by column (two accounts matched to one customer by e-mail
+domain, so their days are merged; events without an account). Only what wall clocks set is
+left out: every event's ``timestamp`` and the connector's batch records' ``occurred_at``.
 
 Also: the usage days carried from one chunk's commit to the next (events.ingest.UsageCarry) are
 read from the store again when another writer appended to one in between.
@@ -19,12 +21,14 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import pytest
 from eventsourcing.persistence import JSONTranscoder
 
 from connectors.service import Ingestion
@@ -67,20 +71,44 @@ def stored_events(svc: Services, after: int) -> list[dict[str, Any]]:
     return out
 
 
-def import_twice(settings: Settings) -> list[dict[str, Any]]:
-    lines = _big_mixpanel_lines()
+def _usual_lines() -> list[str]:
+    """3,000 lines of the export's usual shape (unix seconds, ``$insert_id``, every property
+    present), ordered by time over three UTC days, the last second of a day included; accounts
+    matched by id, two matched to Initech by their users' e-mail domain, an unknown one, none."""
+    rng = random.Random(11)
+    accounts = [("acct-acme", "pat@acme.example"), ("acct-globex", None), ("acct-init-a", "bo@initech.example"),
+                ("acct-init-b", "cy@initech.example"), ("acct-ghost", None), ("", None)]  # fmt: skip
+    names = ["$session_start", "Report Viewed", "Export", "Search", "Invite Sent", "Über Ansicht — 日本"]
+    start = int(datetime(2026, 2, 2, tzinfo=UTC).timestamp())
+    moments = sorted(rng.randrange(start, start + 3 * 86_400) for _ in range(2_999)) + [start + 86_400 - 1]
+    lines = []
+    for i, moment in enumerate(sorted(moments)):
+        account, email = rng.choice(accounts)
+        props = {"time": moment, "distinct_id": f"{account or 'anon'}-u{rng.randrange(9)}", "$insert_id": f"ins-{i:05d}",
+                 "account_id": account, "$email": email, "mp_lib": "web"}  # fmt: skip
+        lines.append(json.dumps({"event": rng.choice(names), "properties": props}, separators=(",", ":")))
+    return lines
+
+
+CASES = {"irregular": (_big_mixpanel_lines, 1_200, 300), "usual": (_usual_lines, 1_800, 500)}
+
+
+def import_twice(settings: Settings, case: str) -> list[dict[str, Any]]:
+    make, part, chunk = CASES[case]
+    lines = make()
     with open_services(settings) as svc:
         register_customers(svc)
         head = svc.app.last_position()
-        ingestion = Ingestion(svc.app, CustomerDirectory(svc.store), settings, actor="test", usage_chunk=300)
-        ingestion.import_file("mixpanel", io.StringIO("\n".join(lines[:1_200]) + "\n"), "first-half.jsonl")
+        ingestion = Ingestion(svc.app, CustomerDirectory(svc.store), settings, actor="test", usage_chunk=chunk)
+        ingestion.import_file("mixpanel", io.StringIO("\n".join(lines[:part]) + "\n"), "part.jsonl")
         ingestion.import_file("mixpanel", io.StringIO("\n".join(lines) + "\n"), "whole.jsonl")
         return stored_events(svc, head)
 
 
-def test_a_chunked_import_stores_the_pinned_events(settings: Settings) -> None:
-    got = import_twice(settings)
-    expected = json.loads(GOLDEN.read_text(encoding="utf-8"))
+@pytest.mark.parametrize("case", CASES)
+def test_a_chunked_import_stores_the_pinned_events(settings: Settings, case: str) -> None:
+    got = import_twice(settings, case)
+    expected = json.loads(GOLDEN.read_text(encoding="utf-8"))[case]
     assert len(got) == len(expected)
     for i, (ours, pinned) in enumerate(zip(got, expected, strict=True)):
         assert ours == pinned, f"stored event {i} differs"
@@ -119,8 +147,13 @@ if __name__ == "__main__":  # regenerate the pinned events (see the module doc)
     import base64
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        events = import_twice(Settings(data_dir=Path(tmp), master_key=base64.b64encode(bytes(range(32))).decode()))
+    pinned = {}
+    for name in CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            key = base64.b64encode(bytes(range(32))).decode()
+            pinned[name] = import_twice(Settings(data_dir=Path(tmp), master_key=key), name)
     GOLDEN.parent.mkdir(exist_ok=True)
-    GOLDEN.write_text("[\n" + ",\n".join(json.dumps(e, ensure_ascii=False) for e in events) + "\n]\n", encoding="utf-8")
-    print(f"{len(events)} events written to {GOLDEN}", file=sys.stderr)
+    GOLDEN.write_text("{\n" + ",\n".join(
+        f"{json.dumps(name)}: [\n" + ",\n".join(json.dumps(e, ensure_ascii=False) for e in events) + "\n]"
+        for name, events in pinned.items()) + "\n}\n", encoding="utf-8")  # fmt: skip
+    print(f"{sum(map(len, pinned.values()))} events written to {GOLDEN}", file=sys.stderr)
