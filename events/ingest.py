@@ -252,19 +252,21 @@ def moment_of(value: int | datetime) -> datetime:
 
 class UsageCarry:
     """What an import of many chunks carries from one chunk's commit to the next: each
-    customer's user digests (the same for every day), and the usage days the last chunk
-    committed, at their stored state, so that the next chunk (which mostly continues the last
-    chunk's days: the export is ordered by time) does not read them back and fold them again.
+    customer's user digests (the same for every day), the ids of the last chunk's
+    customer-days, and the usage days the last chunk committed, at their stored state, so that
+    the next chunk (which mostly continues the last chunk's days: the export is ordered by
+    time) does not read them back and fold them again.
 
     :meth:`SignalBatch.usage` takes the days (a batch that fails leaves none behind: its
     aggregates may hold events that were never stored) and :meth:`SignalBatch.commit` puts back
     those of its batch once they are stored. A day another writer appended to meanwhile fails
     that commit with a version conflict, and the retry reads it from the store."""
 
-    __slots__ = ("user_hashes", "days")
+    __slots__ = ("user_hashes", "ids", "days")
 
     def __init__(self) -> None:
         self.user_hashes: dict[str, dict[str, str]] = {}  # per customer key: user -> digest
+        self.ids: dict[tuple[str | None, str, date], UUID] = {}  # (customer, account, day) -> UsageDay id
         self.days: dict[UUID, UsageDay] = {}
 
 
@@ -468,7 +470,9 @@ class SignalBatch:
             merged.setdefault((customer, "" if customer else (g.account or ""), g.day), []).append(g)
             self.report.received += g.size
         keys = {group: (group[0], group[1], group[2].isoformat()) for group in merged}
-        uids = {group: UsageDay.create_id(*key) for group, key in keys.items()}
+        known_ids = carry.ids
+        uids = {group: known_ids.get(group) or UsageDay.create_id(*key) for group, key in keys.items()}
+        carry.ids = uids  # the next chunk mostly continues these days
         self._preload(uids.values(), held)
         for group, parts in merged.items():
             customer, account, day = keys[group]

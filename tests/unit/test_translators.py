@@ -12,6 +12,7 @@ import hmac
 import io
 import json
 import pickle
+from multiprocessing.shared_memory import SharedMemory
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from connectors import intercom, mixpanel, nps, sendgrid, zendesk
 from connectors.matching import email_domain, match
-from connectors.workers import chunk_lines, line_chunks
+from connectors.workers import SharedSegments, _shared_text, chunk_lines, line_chunks
 from events.collector import collector_paused
 from events.errors import InvalidInputError
 from events.ingest import Match, Rating, UsageGroup, moment_of, short_hash
@@ -386,6 +387,28 @@ def test_parsed_chunks_cross_processes_unchanged_and_columns_stay_packed() -> No
             with pytest.raises(AttributeError):
                 object.__getattribute__(ours, "inserts")  # not unpacked
         assert again == parsed  # columns read (unpacked) on demand
+
+
+def test_chunk_text_crosses_in_shared_memory_unchanged_and_is_removed() -> None:
+    """A chunk handed to the worker through shared memory reads back as the same text (any
+    str: non-ASCII, a lone surrogate, empty); segments are reused when big enough and all
+    removed at the end."""
+    segments = SharedSegments()
+    texts = ["a" * 1_000, "Übersicht — 日本 😀\n" * 50, "\ud800 lone\n", "", "b" * 900]
+    refs = []
+    for text in texts:
+        shared = segments.put(text)
+        assert shared is not None
+        ref, memory = shared
+        assert _shared_text(ref) == text
+        refs.append(ref)
+        segments.give_back(memory)
+    assert len({ref.name for ref in refs}) == 2  # the 2nd is too big for the 1st segment; later ones reuse them
+    assert segments.put(["a list", "of lines"]) is None  # lists of lines cross as they are
+    segments.close()
+    for ref in refs:
+        with pytest.raises(FileNotFoundError):
+            SharedMemory(name=ref.name)
 
 
 class _Trickle(io.TextIOBase):
