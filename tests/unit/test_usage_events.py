@@ -85,8 +85,10 @@ def test_orjson_states_are_the_library_bytes_and_decode_the_same(tmp_path: Path)
     ours, library = _mappers(tmp_path)
     counts = [{"events": 2**40, "sessions": 0, "users": AWKWARD, "features": {t: i for i, t in enumerate(AWKWARD)},
                "insert_ids": AWKWARD}, *COUNTS]  # fmt: skip
+    elsewhere = UsageDay(customer_id="c-2", account="", day="2026-03-04",
+                         **{**KW, "occurred_at": datetime(2026, 3, 4, 23, 59, 59, 999_999, timezone(timedelta(hours=2)))})  # fmt: skip
     events = [*_library_day(AWKWARD[0], AWKWARD[4], "2026-03-02", counts).collect_events(),
-              *_library_day(None, AWKWARD[9], "2026-03-03", counts).collect_events()]  # fmt: skip
+              *_library_day(None, AWKWARD[9], "2026-03-03", counts).collect_events(), *elsewhere.collect_events()]  # fmt: skip
     for event in events:
         mine, theirs = ours.to_stored_event(event), library.to_stored_event(event)
         assert mine == theirs  # id, version, topic and the state's bytes
