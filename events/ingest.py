@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
+import msgspec
 from eventsourcing.domain import Aggregate
 from eventsourcing.utils import get_topic
 
@@ -79,22 +80,31 @@ class ChunkColumns:
     Either ``("lists", [(inserts, users, names, times, ordinals, repeats), ...])``, a tuple
     per group, or, for a chunk without repeated events, ``("flat", digests, users, names,
     times, positions)``: each column once for the whole chunk in line order, and per group the
-    positions of its events. Pickled as one opaque blob, unpacked on first use."""
+    positions of its events. Packed into one opaque blob when pickled, unpacked on first use:
+    flat columns (text and integers only) as MessagePack (msgspec, several times cheaper to
+    write than a pickle of the same lists), the others (times may be datetimes) as a pickle."""
 
-    __slots__ = ("_value", "_packed")
+    __slots__ = ("_value", "_packed", "_msgpack")
 
-    def __init__(self, value: tuple[Any, ...] | None, packed: bytes | None = None) -> None:
-        self._value, self._packed = value, packed
+    def __init__(self, value: tuple[Any, ...] | None, packed: bytes | None = None, msgpack: bool = False) -> None:
+        self._value, self._packed, self._msgpack = value, packed, msgpack
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self._packed is None:
-            self._packed = pickle.dumps(self._value, pickle.HIGHEST_PROTOCOL)
-        return (ChunkColumns, (None, self._packed))
+            if self._value[0] == "flat":  # type: ignore[index]
+                try:
+                    self._packed, self._msgpack = msgspec.msgpack.encode(self._value), True
+                except (msgspec.EncodeError, UnicodeEncodeError):  # e.g. text with a lone surrogate
+                    pass
+            if self._packed is None:
+                self._packed = pickle.dumps(self._value, pickle.HIGHEST_PROTOCOL)
+        return (ChunkColumns, (None, self._packed, self._msgpack))
 
     def of(self, index: int) -> tuple[list[Any], ...]:
         """(inserts, users, names, times, ordinals, repeats) of the ``index``-th group."""
         if self._value is None:
-            self._value = pickle.loads(self._packed)  # type: ignore[arg-type]
+            packed: Any = self._packed
+            self._value = msgspec.msgpack.decode(packed) if self._msgpack else pickle.loads(packed)
         value = self._value
         if value[0] == "lists":
             return value[1][index]  # type: ignore[no-any-return]
