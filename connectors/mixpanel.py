@@ -144,6 +144,9 @@ def _usual_chunk(lines: list[str], account_property: str) -> ParsedChunk | None:
     digests = [sha256(i.encode()).hexdigest()[:16] for i in inserts]  # events.ingest.short_hash, inlined
     if len(set(digests)) != len(digests):
         return None
+    interned: dict[str, str] = {}  # one object per user and name: pickled once, compared by identity first
+    users = list(map(interned.setdefault, users, users))
+    names = list(map(interned.setdefault, names, names))
     members: dict[tuple[str | None, int], list[int]] = {}
     for ordinal, key in enumerate(zip([p.account or None for p in props], [s // 86400 for s in seconds])):
         positions = members.get(key)
