@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -21,7 +22,7 @@ import orjson
 from connectors.common import parse_time
 from connectors.matching import CustomerDirectory, match
 from events.errors import InvalidInputError
-from events.ingest import Match, UsageEvent, UsageGroup
+from events.ingest import ChunkColumns, Match, UsageEvent, UsageGroup
 
 VENDOR = "mixpanel"
 EXPORT_PATH = "/api/2.0/export"
@@ -105,6 +106,72 @@ def _line_decoder(account_property: str) -> msgspec.json.Decoder[Any] | None:
     ])  # fmt: skip
     line = msgspec.defstruct("ExportLine", [("event", str), ("properties", props)])
     return msgspec.json.Decoder(line)
+
+
+def parse_text(text: str, first_number: int, account_property: str) -> ParsedChunk:
+    """:func:`parse_chunk` of the lines of ``text`` (ended by ``\\n``, the last one maybe not).
+
+    The usual export chunk (every line the usual shape, no ``$insert_id`` digest twice) is
+    parsed column by column instead of line by line: the same groups, e-mails and (no)
+    rejections, in the same order, with far fewer Python steps per line. Any other chunk is
+    parsed by :func:`parse_chunk`."""
+    lines = text.split("\n")
+    usual = _usual_chunk(lines[:-1] if lines[-1] == "" else lines, account_property)
+    return usual if usual is not None else parse_chunk(lines, first_number, account_property, line_end="\n")
+
+
+def _usual_chunk(lines: list[str], account_property: str) -> ParsedChunk | None:
+    """The chunk parsed column by column, or None if a line needs more than that: one the
+    typed decoder refuses (blank, bad JSON, another shape), an empty event name or user, a
+    time that is not plain unix seconds, an event name longer than 200 characters, no
+    ``$insert_id``, or a digest seen twice (events repeated within the chunk)."""
+    decoder = _line_decoder(account_property)
+    if decoder is None or not lines:
+        return None
+    try:
+        records = list(map(decoder.decode, lines))
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    props = [r.properties for r in records]
+    names = [r.event for r in records]
+    users = [p.distinct_id for p in props]
+    inserts = [p.insert_id for p in props]
+    seconds = [p.time for p in props]
+    if not (all(names) and all(users) and all(inserts) and 0 < min(seconds) and max(seconds) < 10**11
+            and max(map(len, names)) <= 200):  # fmt: skip
+        return None
+    sha256 = hashlib.sha256
+    digests = [sha256(i.encode()).hexdigest()[:16] for i in inserts]  # events.ingest.short_hash, inlined
+    if len(set(digests)) != len(digests):
+        return None
+    interned: dict[str, str] = {}  # one object per user and name: pickled once, compared by identity first
+    users = list(map(interned.setdefault, users, users))
+    names = list(map(interned.setdefault, names, names))
+    members: dict[tuple[str | None, int], list[int]] = {}
+    for ordinal, key in enumerate(zip([p.account or None for p in props], [s // 86400 for s in seconds])):
+        positions = members.get(key)
+        if positions is None:
+            positions = members[key] = []
+        positions.append(ordinal)
+    columns = ChunkColumns(("flat", digests, users, names, seconds, list(members.values())))
+    groups: list[UsageGroup] = []
+    emails: dict[str | None, str | None] = {}
+    days: dict[int, date] = {}
+    for index, ((account, number), positions) in enumerate(members.items()):  # in the order of their first event
+        if account not in emails:  # this group holds the account's first event
+            email = props[positions[0]].email
+            emails[account] = email if type(email) is str else None
+        day = days.get(number)
+        if day is None:
+            day = days[number] = _EPOCH_DAY + timedelta(days=number)
+        group = UsageGroup.of_columns(account, day, positions[0], columns, index)
+        group.sorted_inserts = sorted(map(digests.__getitem__, positions))  # what summarise() makes of the columns
+        group.distinct_users = list(dict.fromkeys(map(users.__getitem__, positions)))
+        group.name_counts = dict(Counter(map(names.__getitem__, positions)))
+        group.latest = group.latest_all = max(map(seconds.__getitem__, positions))
+        group.size = len(positions)
+        groups.append(group)
+    return ParsedChunk(groups, emails, [])
 
 
 def parse_chunk(lines: Iterable[str | bytes], first_number: int, account_property: str,

@@ -21,7 +21,7 @@ from connectors.matching import CustomerDirectory
 from events.application import CustomerSuccess
 from events.commands import CommandMeta
 from events.errors import InvalidInputError
-from events.ingest import BatchReport, Match, SignalBatch, TicketSnapshot
+from events.ingest import BatchReport, Match, SignalBatch, TicketSnapshot, UsageCarry
 from events.settings import Settings
 from events.signals import Connector, signal_id
 
@@ -161,14 +161,14 @@ class Ingestion:
         the day (duplicates count once). From two chunks on, a worker process parses the next
         chunk while this one is rolled up and committed (connectors/workers.py)."""
         matches: dict[str | None, Match] = {}
-        user_hashes: dict[str, dict[str, str]] = {}  # per customer key: the same for every chunk
+        carry = UsageCarry()  # user digests and the days just committed, from chunk to chunk
         for parsed, last in workers.parsed_chunks(lines, self.usage_chunk, self.account_property):
             for account, email in parsed.emails.items():
                 if account not in matches:
                     matches[account] = mixpanel.match_account(self.directory, account, email)
 
             def fill(batch: SignalBatch, parsed: mixpanel.ParsedChunk = parsed) -> None:
-                batch.usage(parsed.groups, matches, user_hashes)
+                batch.usage(parsed.groups, matches, carry)
                 for where, field_name, reason in parsed.rejected:
                     batch.reject(where, field_name, reason)
 

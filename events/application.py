@@ -17,7 +17,7 @@ from eventsourcing.application import AggregateNotFoundError, Application, Proce
 from eventsourcing.domain import BaseAggregate
 from eventsourcing.domain import DomainEvent as LibraryDomainEvent
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import IntegrityError, Recording, StoredEvent
+from eventsourcing.persistence import IntegrityError, Mapper, Recording, StoredEvent
 from pydantic import ValidationError
 
 from events.commands import (
@@ -30,6 +30,7 @@ from events.commands import (
 )
 from events.domain import CONTRACT_FIELDS, Customer, customer_id_for
 from events.errors import CustomerNotFoundError, InvalidInputError
+from events.mapper import StateMapper
 from events.milestones import MilestoneCommands
 from events.personal import PersonalDataCodec
 from events.scorecard import SCORECARD_ID, Scorecard, ScorecardConfig
@@ -128,6 +129,11 @@ class CustomerSuccess(Application[UUID], MilestoneCommands):
         self.codec = codec
         super().__init__(env=settings.eventsourcing_env())
 
+    def construct_mapper(self) -> Mapper[UUID]:
+        """The library's mapper, with the usage-day events' states encoded by orjson (the same
+        bytes, see events/mapper.py)."""
+        return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=StateMapper)
+
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """:meth:`Application.save` (eventsourcing 9.5.6, step for step) collecting through
         :class:`_Collected`."""
@@ -169,17 +175,28 @@ class CustomerSuccess(Application[UUID], MilestoneCommands):
         runtime-Protocol ``isinstance`` per object)."""
         return self.save(*events, *aggregates)
 
-    def load_many(self, aggregate_ids: Iterable[UUID], batch: int = 500) -> dict[UUID, Any]:
+    def load_many(self, aggregate_ids: Iterable[UUID], batch: int = 500,
+                  held: dict[UUID, Any] | None = None) -> dict[UUID, Any]:  # fmt: skip
         """The stored aggregates among ``aggregate_ids`` (absent ids are left out), each folded
         from all of its events: one query per ``batch`` ids where ``exists`` + ``repository.get``
-        take two per id. No snapshots and no cache: for aggregates with a few events (usage days)."""
+        take two per id. No snapshots and no cache: for aggregates with a few events (usage days).
+
+        ``held``: aggregates the caller already has at their stored state (e.g. those it has just
+        saved); they are not read again but returned as found. Either way the result is ordered
+        as the queries return rows: batch by batch, by id within a batch."""
         ids = list(dict.fromkeys(aggregate_ids))
         found: dict[UUID, Any] = {}
         for start in range(0, len(ids), batch):
-            for stored in self._select_events_of(ids[start : start + batch]):
+            part = ids[start : start + batch]
+            folded: dict[Any, Any] = {}
+            for stored in self._select_events_of([i for i in part if i not in held] if held else part):
                 event: Any = self.mapper.to_domain_event(stored)
                 aggregate_id: Any = stored.originator_id
-                found[aggregate_id] = event.mutate(found.get(aggregate_id))
+                folded[aggregate_id] = event.mutate(folded.get(aggregate_id))
+            if held and any(i in held for i in part):
+                folded.update((i, held[i]) for i in part if i in held)
+                folded = {i: folded[i] for i in sorted(folded)}
+            found.update(folded)
         return found
 
     def _select_events_of(self, ids: list[UUID]) -> list[StoredEvent]:

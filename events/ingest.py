@@ -10,6 +10,7 @@ neither, so running it again ends in the same state as an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
+import msgspec
 from eventsourcing.domain import Aggregate
+from eventsourcing.utils import get_topic
 
 from events.commands import CommandMeta
 from events.signals import SOLVED_STATES, Connector, EmailEvent, SurveyResponse, Ticket, UsageDay, signal_id
@@ -71,6 +74,46 @@ class UsageEvent(NamedTuple):
     email: str | None = None
 
 
+class ChunkColumns:
+    """The per-event columns of the groups of one parsed chunk, held for :class:`UsageGroup`.
+
+    Either ``("lists", [(inserts, users, names, times, ordinals, repeats), ...])``, a tuple
+    per group, or, for a chunk without repeated events, ``("flat", digests, users, names,
+    times, positions)``: each column once for the whole chunk in line order, and per group the
+    positions of its events. Packed into one opaque blob when pickled, unpacked on first use:
+    flat columns (text and integers only) as MessagePack (msgspec, several times cheaper to
+    write than a pickle of the same lists), the others (times may be datetimes) as a pickle."""
+
+    __slots__ = ("_value", "_packed", "_msgpack")
+
+    def __init__(self, value: tuple[Any, ...] | None, packed: bytes | None = None, msgpack: bool = False) -> None:
+        self._value, self._packed, self._msgpack = value, packed, msgpack
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._packed is None:
+            if self._value[0] == "flat":  # type: ignore[index]
+                try:
+                    self._packed, self._msgpack = msgspec.msgpack.encode(self._value), True
+                except (msgspec.EncodeError, UnicodeEncodeError):  # e.g. text with a lone surrogate
+                    pass
+            if self._packed is None:
+                self._packed = pickle.dumps(self._value, pickle.HIGHEST_PROTOCOL)
+        return (ChunkColumns, (None, self._packed, self._msgpack))
+
+    def of(self, index: int) -> tuple[list[Any], ...]:
+        """(inserts, users, names, times, ordinals, repeats) of the ``index``-th group."""
+        if self._value is None:
+            packed: Any = self._packed
+            self._value = msgspec.msgpack.decode(packed) if self._msgpack else pickle.loads(packed)
+        value = self._value
+        if value[0] == "lists":
+            return value[1][index]  # type: ignore[no-any-return]
+        _, digests, users, names, times, positions = value
+        at = positions[index]
+        return ([digests[i] for i in at], [users[i] for i in at], [names[i] for i in at], [times[i] for i in at],
+                list(at), [])  # fmt: skip
+
+
 class UsageGroup:
     """The raw product events of one account on one UTC day within a chunk of lines, as
     columns: what crosses from the process that parses lines to the one that rolls them up.
@@ -80,10 +123,20 @@ class UsageGroup:
     unix seconds (ints) for the export's usual timestamps and aware datetimes for the rest,
     so no datetime is built per event. :meth:`summarise` fills in what the roll-up needs
     when every event turns out to be new (the usual case), so that costs nothing per event
-    on the committing side."""
+    on the committing side.
 
-    __slots__ = ("account", "day", "first", "inserts", "users", "names", "times", "ordinals", "repeats",
-                 "sorted_inserts", "distinct_users", "name_counts", "latest", "latest_all")  # fmt: skip
+    The columns (``inserts`` ... ``repeats``) may live in a :class:`ChunkColumns` shared by
+    the chunk's groups, read on first use. Pickled (from the parsing process), a group is its
+    summary, its sorted digests as one string, and its place in the chunk's columns, which
+    the importing process unpacks only if it reads a column: :meth:`without` (a day partly
+    seen before) and :meth:`merged` (several accounts of one customer), which the usual
+    import never calls. Unpickling every column object by object cost the importing process
+    about 2 us per raw event."""
+
+    COLUMNS = ("inserts", "users", "names", "times", "ordinals", "repeats")
+    SUMMARY = ("sorted_inserts", "distinct_users", "name_counts", "latest", "latest_all", "size")
+    __slots__ = ("account", "day", "first", *COLUMNS, *SUMMARY, "_columns", "_index")
+    DIGEST_WIDTH = 16  # short_hash: 16 hex digits
 
     def __init__(self, account: str | None, day: date, first: int) -> None:
         self.account, self.day, self.first = account, day, first  # first: the ordinal of its first event
@@ -94,15 +147,40 @@ class UsageGroup:
         self.ordinals: list[int] = []  # position of the event in its chunk (to merge groups in order)
         self.repeats: list[int | datetime] = []  # times of the events whose digest came earlier
 
-    def __getstate__(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
+    @classmethod
+    def of_columns(cls, account: str | None, day: date, first: int, columns: ChunkColumns, index: int) -> UsageGroup:
+        """A group whose columns are the ``index``-th of ``columns`` (summary not filled in)."""
+        group = object.__new__(cls)
+        group.account, group.day, group.first, group._columns, group._index = account, day, first, columns, index
+        return group
 
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        for name, value in zip(self.__slots__, state, strict=True):
-            setattr(self, name, value)
+    def __reduce__(self) -> tuple[Any, ...]:
+        try:
+            columns, index = self._columns, self._index
+        except AttributeError:  # columns of its own
+            columns, index = ChunkColumns(("lists", [tuple(getattr(self, name) for name in self.COLUMNS)])), 0
+        digests: str | list[str] = self.sorted_inserts
+        joined = "".join(digests)
+        width = self.DIGEST_WIDTH
+        if len(joined) == width * len(digests) and all(map(width.__eq__, map(len, digests))):
+            digests = joined
+        return (_unpickled_group, (self.account, self.day, self.first, digests, self.distinct_users, self.name_counts,
+                                   self.latest, self.latest_all, self.size, columns, index))  # fmt: skip
+
+    def __getattr__(self, name: str) -> Any:
+        """A column kept in the chunk's columns: read on first use."""
+        if name in UsageGroup.COLUMNS:
+            columns = object.__getattribute__(self, "_columns").of(object.__getattribute__(self, "_index"))
+            for column, value in zip(UsageGroup.COLUMNS, columns, strict=True):
+                object.__setattr__(self, column, value)
+            return object.__getattribute__(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _state(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in ("account", "day", "first", *self.COLUMNS, *self.SUMMARY))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, UsageGroup) and self.__getstate__() == other.__getstate__()
+        return isinstance(other, UsageGroup) and self._state() == other._state()
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -112,12 +190,8 @@ class UsageGroup:
         self.name_counts = dict(Counter(self.names))  # first-seen order
         self.latest = _latest(self.times) if self.times else None  # None: every event was seen before
         self.latest_all = _latest([*self.times, *self.repeats]) if self.repeats else self.latest
+        self.size = len(self.inserts) + len(self.repeats)  # events in the group, duplicates within it included
         return self
-
-    @property
-    def size(self) -> int:
-        """Events in the group, duplicates within it included."""
-        return len(self.inserts) + len(self.repeats)
 
     def without(self, seen: set[str]) -> UsageGroup:
         """The events whose digest is not in ``seen``, in the same order (summarised)."""
@@ -155,6 +229,18 @@ class UsageGroup:
         return whole.summarise()
 
 
+def _unpickled_group(account: str | None, day: date, first: int, digests: str | list[str], distinct_users: list[str],
+                     name_counts: dict[str, int], latest: Any, latest_all: Any, size: int, columns: ChunkColumns,
+                     index: int) -> UsageGroup:  # fmt: skip
+    group = UsageGroup.of_columns(account, day, first, columns, index)
+    if type(digests) is str:
+        width = UsageGroup.DIGEST_WIDTH
+        digests = [digests[i : i + width] for i in range(0, len(digests), width)]
+    group.sorted_inserts, group.distinct_users, group.name_counts = digests, distinct_users, name_counts
+    group.latest, group.latest_all, group.size = latest, latest_all, size
+    return group
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -172,6 +258,62 @@ def _latest(times: list[int | datetime]) -> int | datetime:
 
 def moment_of(value: int | datetime) -> datetime:
     return datetime.fromtimestamp(value, timezone.utc) if type(value) is int else value  # type: ignore[arg-type]
+
+
+class UsageCarry:
+    """What an import of many chunks carries from one chunk's commit to the next: each
+    customer's user digests (the same for every day), the ids of the last chunk's
+    customer-days, and the usage days the last chunk committed, at their stored state, so that
+    the next chunk (which mostly continues the last chunk's days: the export is ordered by
+    time) does not read them back and fold them again.
+
+    :meth:`SignalBatch.usage` takes the days (a batch that fails leaves none behind: its
+    aggregates may hold events that were never stored) and :meth:`SignalBatch.commit` puts back
+    those of its batch once they are stored. A day another writer appended to meanwhile fails
+    that commit with a version conflict, and the retry reads it from the store."""
+
+    __slots__ = ("user_hashes", "ids", "days")
+
+    def __init__(self) -> None:
+        self.user_hashes: dict[str, dict[str, str]] = {}  # per customer key: user -> digest
+        self.ids: dict[tuple[str | None, str, date], UUID] = {}  # (customer, account, day) -> UsageDay id
+        self.days: dict[UUID, UsageDay] = {}
+
+
+_USAGE_TOPIC = get_topic(UsageDay)
+_OPENED, _COUNTED = UsageDay.Opened, UsageDay.Counted
+
+
+def open_usage_day(uid: UUID, customer_id: str | None, account: str, day: str, kw: dict[str, Any]) -> UsageDay:
+    """``UsageDay(customer_id=..., account=..., day=..., **kw)`` for the id the roll-up already
+    has: the same ``Opened`` event (its fields in the dataclass's order) and the aggregate that
+    eventsourcing folds from it (``event.mutate(None)``, as a replay does), without the ``@event``
+    call's argument coercion and signature filtering, and without computing the uuid5 id again."""
+    event = object.__new__(_OPENED)
+    object.__setattr__(event, "__dict__", {
+        "originator_id": uid, "originator_version": 1, "timestamp": _OPENED.create_timestamp(),
+        "originator_topic": _USAGE_TOPIC, "actor": kw["actor"], "source": kw["source"], "source_id": kw["source_id"],
+        "occurred_at": kw["occurred_at"], "customer_id": customer_id, "account": account, "day": day,
+    })  # fmt: skip
+    usage_day: UsageDay = event.mutate(None)  # type: ignore[assignment]
+    usage_day.pending_events.append(event)
+    return usage_day
+
+
+def count_usage(usage_day: UsageDay, events: int, sessions: int, users: list[str], features: dict[str, int],
+                insert_ids: list[str], kw: dict[str, Any]) -> None:  # fmt: skip
+    """``usage_day.count(events=..., ..., **kw)``: the same ``Counted`` event (fields in the
+    dataclass's order), applied by eventsourcing's own ``mutate`` (the method's body, the
+    version, ``modified_on``), without the ``@event`` call's argument handling."""
+    event = object.__new__(_COUNTED)
+    object.__setattr__(event, "__dict__", {
+        "originator_id": usage_day.id, "originator_version": usage_day.version + 1,
+        "timestamp": _COUNTED.create_timestamp(), "actor": kw["actor"], "source": kw["source"],
+        "source_id": kw["source_id"], "occurred_at": kw["occurred_at"], "events": events, "sessions": sessions,
+        "users": users, "features": features, "insert_ids": insert_ids,
+    })  # fmt: skip
+    event.mutate(usage_day)
+    usage_day.pending_events.append(event)
 
 
 @dataclass(frozen=True)
@@ -242,6 +384,7 @@ class SignalBatch:
         self.report = BatchReport()
         self._aggregates: dict[UUID, Aggregate] = {}
         self._absent: set[UUID] = set()  # looked up in bulk and not stored (yet)
+        self._carry: UsageCarry | None = None  # given to usage(): gets this batch's days back once stored
 
     # ------------------------------------------------------------------ helpers
     def _load(self, aggregate_id: UUID) -> Aggregate | None:
@@ -253,10 +396,11 @@ class SignalBatch:
         self._aggregates[aggregate_id] = aggregate
         return aggregate
 
-    def _preload(self, aggregate_ids: Iterable[UUID]) -> None:
-        """Load the stored ones of many aggregates at once (a few queries instead of two per id)."""
+    def _preload(self, aggregate_ids: Iterable[UUID], held: dict[UUID, Any] | None = None) -> None:
+        """Load the stored ones of many aggregates at once (a few queries instead of two per id);
+        ``held``: those the caller has at their stored state (see ``load_many``)."""
         wanted = [i for i in aggregate_ids if i not in self._aggregates and i not in self._absent]
-        found = self.app.load_many(wanted)
+        found = self.app.load_many(wanted, held=held)
         self._aggregates.update(found)
         self._absent.update(i for i in wanted if i not in found)
 
@@ -321,21 +465,25 @@ class SignalBatch:
         return "unchanged"
 
     # -------------------------------------------------------------------- usage
-    def usage(self, groups: list[UsageGroup], match_for: dict[str | None, Match],
-              user_hashes: dict[str, dict[str, str]] | None = None) -> None:  # fmt: skip
+    def usage(self, groups: list[UsageGroup], match_for: dict[str | None, Match], carry: UsageCarry | None = None) -> None:
         """Roll raw product events, grouped per account-day in chunk order, up per customer-day;
-        an ``$insert_id`` already seen counts once. ``user_hashes`` may carry the user digests
-        over from the previous chunks of the same import (they are the same for every day)."""
+        an ``$insert_id`` already seen counts once. ``carry`` holds what the previous chunks of
+        the same import leave to this one (see :class:`UsageCarry`)."""
         customers = {account: str(m.customer_id) if m.customer_id else None for account, m in match_for.items()}
-        hashes = {} if user_hashes is None else user_hashes
+        carry = UsageCarry() if carry is None else carry
+        held, carry.days = carry.days, {}  # taken: see UsageCarry
+        self._carry = carry
+        hashes = carry.user_hashes
         merged: dict[tuple[str | None, str, date], list[UsageGroup]] = {}
         for g in groups:  # in the order of their first event, as the customer-days are then
             customer = customers[g.account]
             merged.setdefault((customer, "" if customer else (g.account or ""), g.day), []).append(g)
             self.report.received += g.size
         keys = {group: (group[0], group[1], group[2].isoformat()) for group in merged}
-        uids = {group: UsageDay.create_id(*key) for group, key in keys.items()}
-        self._preload(uids.values())
+        known_ids = carry.ids
+        uids = {group: known_ids.get(group) or UsageDay.create_id(*key) for group, key in keys.items()}
+        carry.ids = uids  # the next chunk mostly continues these days
+        self._preload(uids.values(), held)
         for group, parts in merged.items():
             customer, account, day = keys[group]
             uid = uids[group]
@@ -343,41 +491,41 @@ class SignalBatch:
             whole = parts[0] if len(parts) == 1 else UsageGroup.merged(parts)
             usage_day: UsageDay | None = self._load(uid)  # type: ignore[assignment]
             if usage_day is None:
-                usage_day = UsageDay(customer_id=customer, account=account, day=day,
-                                     **self._kw(moment_of(whole.latest_all), f"{key}/{day}"))  # fmt: skip
+                usage_day = open_usage_day(uid, customer, account, day,
+                                           self._kw(moment_of(whole.latest_all), f"{key}/{day}"))  # fmt: skip
                 self._aggregates[uid] = usage_day
             seen = usage_day.seen_inserts
-            if not seen or seen.isdisjoint(whole.inserts):
+            if not seen or seen.isdisjoint(whole.sorted_inserts):
                 fresh = whole
-            elif seen.issuperset(whole.inserts):  # a file or day read again
+            elif seen.issuperset(whole.sorted_inserts):  # a file or day read again
                 self.report.duplicates += whole.size
                 continue
             else:
                 fresh = whole.without(seen)
-            self.report.duplicates += whole.size - len(fresh.inserts)
-            if not fresh.inserts:
+            self.report.duplicates += whole.size - len(fresh.sorted_inserts)
+            if not fresh.sorted_inserts:
                 continue
             if customer is None:
-                self.report.unmatched += len(fresh.inserts)
+                self.report.unmatched += len(fresh.sorted_inserts)
             known = hashes.get(key)
             if known is None:
                 known = hashes[key] = {}
-            digests = set()
-            for user in fresh.distinct_users:
-                digest = known.get(user)
-                if digest is None:
-                    digest = known[user] = short_hash(key, user)
-                digests.add(digest)
+            try:
+                digests = set(map(known.__getitem__, fresh.distinct_users))
+            except KeyError:  # users not met before in this import
+                for user in fresh.distinct_users:
+                    if user not in known:
+                        known[user] = short_hash(key, user)
+                digests = set(map(known.__getitem__, fresh.distinct_users))
             names = fresh.name_counts
-            usage_day.count(
-                events=len(fresh.inserts),
-                sessions=sum(n for name, n in names.items() if name in SESSION_EVENTS),
-                users=sorted(digests - usage_day.seen_users),
-                features={name: n for name, n in names.items() if name not in SESSION_EVENTS},
-                insert_ids=fresh.sorted_inserts,
-                **self._kw(moment_of(fresh.latest), f"{key}/{day}"),
-            )
-            self.report.recorded += len(fresh.inserts)
+            count_usage(
+                usage_day, len(fresh.sorted_inserts),
+                sum(n for name, n in names.items() if name in SESSION_EVENTS),
+                sorted(digests - usage_day.seen_users),
+                {name: n for name, n in names.items() if name not in SESSION_EVENTS},
+                fresh.sorted_inserts, self._kw(moment_of(fresh.latest), f"{key}/{day}"),
+            )  # fmt: skip
+            self.report.recorded += len(fresh.sorted_inserts)
 
     # ------------------------------------------------------------------ surveys
     def survey(self, answer: SurveyAnswer, match: Match) -> str:
@@ -445,6 +593,8 @@ class SignalBatch:
             # snapshotting interval applies to it (it gains an event per batch for ever).
             recordings = self.app.save_events(pending, connector)
             self.report.position = recordings[-1].notification.id
+        if self._carry is not None:  # stored: their state is the store's now
+            self._carry.days = {i: a for i, a in self._aggregates.items() if type(a) is UsageDay}
         self._aggregates.clear()
         self._absent.clear()
         return self.report

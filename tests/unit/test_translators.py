@@ -11,6 +11,8 @@ import hashlib
 import hmac
 import io
 import json
+import pickle
+from multiprocessing.shared_memory import SharedMemory
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -23,10 +25,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from connectors import intercom, mixpanel, nps, sendgrid, zendesk
 from connectors.matching import email_domain, match
-from connectors.workers import chunk_lines, line_chunks
+from connectors.workers import SharedSegments, _shared_text, chunk_lines, line_chunks
 from events.collector import collector_paused
 from events.errors import InvalidInputError
-from events.ingest import Match, Rating, moment_of, short_hash
+from events.ingest import Match, Rating, UsageGroup, moment_of, short_hash
 
 
 def utc(text: str) -> datetime:
@@ -336,6 +338,77 @@ def test_mixpanel_chunk_parses_each_line_as_parse_line_does(account_property: st
     for g in parsed.groups:  # what the roll-up takes when every event is new
         assert g.sorted_inserts == sorted(g.inserts) and g.distinct_users == list(dict.fromkeys(g.users))
         assert moment_of(g.latest) == max(moment_of(t) for t in g.times)
+
+
+def _usual_export(n: int = 400) -> list[str]:
+    """Lines of the export's usual shape (what ``parse_text`` parses column by column): several
+    accounts and none, e-mails of several kinds, three UTC days (the last second of a day too),
+    users and names repeated, a name of exactly 200 characters."""
+    accounts = ["acct-1", "acct-2", "", None, "acct-3"]
+    emails = ["ann@acme.example", None, 5, "", {"x": 1}]
+    names = ["$session_start", "Report Viewed", "Über — 日本", "n" * 200]
+    return [_line({"time": 86_400 * 20_000 + (86_399 if i == 7 else (i * 977) % (3 * 86_400)), "distinct_id": f"u{i % 13}",
+                   "$insert_id": f"ins-{i}", "account_id": accounts[i % 5], "$email": emails[i % 7 % 5],
+                   "mp_lib": "web", "$os": "Linux"}, event=names[i % 4])
+            for i in range(n)]  # fmt: skip
+
+
+@pytest.mark.parametrize("account_property", ["account_id", "mp_lib"])
+def test_a_usual_chunk_parsed_by_columns_is_what_parse_chunk_makes(account_property: str) -> None:
+    """``parse_text`` takes the usual chunk column by column (same groups, columns, summaries,
+    e-mails, no rejections); any chunk with a line out of the usual goes to ``parse_chunk``."""
+    lines = _usual_export()
+    assert mixpanel._usual_chunk(lines, account_property) is not None  # the column path is taken
+    for text in ("".join(line + "\n" for line in lines), "\n".join(lines)):  # the last line ended or not
+        assert mixpanel.parse_text(text, 11, account_property) == \
+            mixpanel.parse_chunk(text.split("\n"), 11, account_property, line_end="\n")  # fmt: skip
+    odd_lines = [lines[5], "", "   ", _line({"$insert_id": "x", "time": 1602611311123}), _line({"time": "2020-10-13"}),
+                 _line({"$insert_id": "y"}, event="n" * 201), _line({"account_id": "acct-1"}),
+                 _line({"$insert_id": "z", "distinct_id": ""}), _line({"$insert_id": "w", "distinct_id": 7}),
+                 '{"event":"x","properties":{"ti', EXPORT_LINES[-1]]  # fmt: skip
+    for odd in odd_lines:  # a repeated line, blank lines, ms, ISO, long name, no insert id, bad user, bad JSON
+        mixed = [*lines[:200], odd, *lines[200:]]
+        assert mixpanel._usual_chunk(mixed, account_property) is None
+        text = "".join(line + "\n" for line in mixed)
+        assert mixpanel.parse_text(text, 11, account_property) == \
+            mixpanel.parse_chunk(text.split("\n"), 11, account_property, line_end="\n")  # fmt: skip
+
+
+def test_parsed_chunks_cross_processes_unchanged_and_columns_stay_packed() -> None:
+    """A parsed chunk pickled (as the worker sends it) is equal to what was parsed; the summary
+    the roll-up reads comes without unpacking the per-event columns."""
+    usual = "".join(line + "\n" for line in _usual_export())
+    for parsed in (mixpanel.parse_text(usual, 1, "account_id"), mixpanel.parse_chunk(EXPORT_LINES, 11, "account_id")):
+        again = pickle.loads(pickle.dumps(parsed, pickle.HIGHEST_PROTOCOL))
+        assert (again.emails, again.rejected, len(again.groups)) == (parsed.emails, parsed.rejected, len(parsed.groups))
+        for ours, theirs in zip(again.groups, parsed.groups, strict=True):
+            assert [getattr(ours, n) for n in ("account", "day", "first", *UsageGroup.SUMMARY)] == \
+                [getattr(theirs, n) for n in ("account", "day", "first", *UsageGroup.SUMMARY)]  # fmt: skip
+            with pytest.raises(AttributeError):
+                object.__getattribute__(ours, "inserts")  # not unpacked
+        assert again == parsed  # columns read (unpacked) on demand
+
+
+def test_chunk_text_crosses_in_shared_memory_unchanged_and_is_removed() -> None:
+    """A chunk handed to the worker through shared memory reads back as the same text (any
+    str: non-ASCII, a lone surrogate, empty); segments are reused when big enough and all
+    removed at the end."""
+    segments = SharedSegments()
+    texts = ["a" * 1_000, "Übersicht — 日本 😀\n" * 50, "\ud800 lone\n", "", "b" * 900]
+    refs = []
+    for text in texts:
+        shared = segments.put(text)
+        assert shared is not None
+        ref, memory = shared
+        assert _shared_text(ref) == text
+        refs.append(ref)
+        segments.give_back(memory)
+    assert len({ref.name for ref in refs}) == 2  # the 2nd is too big for the 1st segment; later ones reuse them
+    assert segments.put(["a list", "of lines"]) is None  # lists of lines cross as they are
+    segments.close()
+    for ref in refs:
+        with pytest.raises(FileNotFoundError):
+            SharedMemory(name=ref.name)
 
 
 class _Trickle(io.TextIOBase):
