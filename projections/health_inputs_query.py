@@ -126,34 +126,46 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
         return ", ".join(template.format(n=n) for n in range(len(instants))), [b for bs in bounds for b in bs]
 
     # Usage: one statement per table for every window of every instant (for one customer,
-    # statements are the cost).
-    cols, binds = per_instant("MIN(CASE WHEN day < ? THEN day END) AS first_{n}, "
-                              "SUM(CASE WHEN day >= ? AND day < ? THEN 1 ELSE 0 END) AS active_{n}, "
-                              "SUM(CASE WHEN day >= ? AND day < ? THEN events ELSE 0 END) AS events_{n}",
-                              [(s, d30, s, d30, s) for s, d30 in zip(stops, d30s, strict=True)])  # fmt: skip
-    for row in tx.fetchall(f"SELECT customer_id, {cols} FROM {DAYS} WHERE day < ?{where} GROUP BY customer_id",
+    # statements are the cost). A window's bounds that the statement's WHERE already imposes are
+    # left out, so one instant costs what a statement for that instant alone costs.
+    min_d30, min_d60 = min(d30s), min(d60s)
+    cols, binds = [], []  # (the parameters in the order of the columns that bind them)
+    for n, (stop, d30) in enumerate(zip(stops, d30s, strict=True)):
+        first, bound_f = _within("day", None, stop, None, stop_max)
+        active, bound_a = _within("1", d30, stop, None, stop_max)
+        events, bound_e = _within("events", d30, stop, None, stop_max)
+        cols.append(f"MIN({first}) AS first_{n}, COUNT({active}) AS active_{n}, SUM({events}) AS events_{n}")
+        binds += [*bound_f, *bound_a, *bound_e]
+    for row in tx.fetchall(f"SELECT customer_id, {', '.join(cols)} FROM {DAYS} WHERE day < ?{where} GROUP BY customer_id",
                            [*binds, stop_max, *params]):  # fmt: skip
         for n, book in enumerate(books):
             inputs = book.customers.get(row["customer_id"])
             if inputs is not None and row[f"first_{n}"] is not None:
                 inputs.first_usage_day = row[f"first_{n}"]
                 inputs.active_days_30d, inputs.events_30d = int(row[f"active_{n}"] or 0), int(row[f"events_{n}"] or 0)
-    cols, binds = per_instant("COUNT(DISTINCT CASE WHEN day >= ? AND day < ? THEN user_hash END) AS n30_{n}, "
-                              "COUNT(DISTINCT CASE WHEN day >= ? AND day < ? THEN user_hash END) AS prev_{n}",
-                              [(d30, s, d60, d30) for s, d30, d60 in zip(stops, d30s, d60s, strict=True)])  # fmt: skip
-    for row in tx.fetchall(f"SELECT customer_id, {cols} FROM {USERS} WHERE day >= ? AND day < ?{where} GROUP BY customer_id",
-                           [*binds, min(d60s), stop_max, *params]):  # fmt: skip
+    cols, binds = [], []
+    for n, (stop, d30, d60) in enumerate(zip(stops, d30s, d60s, strict=True)):
+        recent, bound_r = _within("user_hash", d30, stop, min_d60, stop_max)
+        prev, bound_p = _within("user_hash", d60, d30, min_d60, stop_max)
+        cols.append(f"COUNT(DISTINCT {recent}) AS n30_{n}, COUNT(DISTINCT {prev}) AS prev_{n}")
+        binds += [*bound_r, *bound_p]
+    for row in tx.fetchall(f"SELECT customer_id, {', '.join(cols)} FROM {USERS} WHERE day >= ? AND day < ?{where} "
+                           "GROUP BY customer_id", [*binds, min_d60, stop_max, *params]):  # fmt: skip
         for n, book in enumerate(books):
             inputs = book.customers.get(row["customer_id"])
             if inputs is not None:
                 inputs.active_users_30d, inputs.active_users_prev_30d = int(row[f"n30_{n}"]), int(row[f"prev_{n}"])
-    cols, binds = per_instant("MAX(CASE WHEN day >= ? AND day < ? THEN 1 ELSE 0 END) AS used_{n}",
-                              [(d30, s) for s, d30 in zip(stops, d30s, strict=True)])  # fmt: skip
-    for row in tx.fetchall(f"SELECT customer_id, feature, {cols} FROM {FEATURES} WHERE day >= ? AND day < ?{where} "
-                           "GROUP BY customer_id, feature", [*binds, min(d30s), stop_max, *params]):  # fmt: skip
+    windows = [_within("1", d30, stop, min_d30, stop_max) for stop, d30 in zip(stops, d30s, strict=True)]
+    if all(expr == "1" for expr, _ in windows):  # every row read is in every window (one instant)
+        select, group, binds = "SELECT DISTINCT customer_id, feature", "", []
+    else:
+        select = f"SELECT customer_id, feature, {', '.join(f'MAX({expr}) AS used_{n}' for n, (expr, _) in enumerate(windows))}"
+        group, binds = " GROUP BY customer_id, feature", [b for _, bound in windows for b in bound]
+    for row in tx.fetchall(f"{select} FROM {FEATURES} WHERE day >= ? AND day < ?{where}{group}",
+                           [*binds, min_d30, stop_max, *params]):  # fmt: skip
         for n, book in enumerate(books):
             inputs = book.customers.get(row["customer_id"])
-            if inputs is not None and row[f"used_{n}"]:
+            if inputs is not None and row.get(f"used_{n}", 1):
                 inputs.features_30d.add(row["feature"])
     first_days = book_feature_first_days(tx) if feature_first_days is None else feature_first_days
     for book, stop in zip(books, stops, strict=True):
@@ -197,6 +209,22 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
             if row["at"] < t and row["customer_id"] in customers:
                 customers[row["customer_id"]].override = row if row["expires_at"] > t else None
     return books
+
+
+def _within(value: str, low: str | None, high: str, floor: str | None, cap: str) -> tuple[str, list[str]]:
+    """``value`` for the rows whose ``day`` is in [low, high), else NULL, and its parameters. The
+    statement's WHERE keeps days in [floor, cap) already: the bounds it implies are left out (no
+    bound left: ``value`` itself)."""
+    conditions, bounds = [], []
+    if low is not None and (floor is None or low > floor):
+        conditions.append("day >= ?")
+        bounds.append(low)
+    if high < cap:
+        conditions.append("day < ?")
+        bounds.append(high)
+    if not conditions:
+        return value, []
+    return f"CASE WHEN {' AND '.join(conditions)} THEN {value} END", bounds
 
 
 def _registered(timelines: dict[str, tuple[str, list[dict[str, Any]]]], as_of: datetime, t: str) -> dict[str, Inputs]:
