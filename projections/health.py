@@ -231,17 +231,12 @@ def score_customer(i: Inputs, book: BookInputs) -> Health:
 def health_as_of(store: ViewStore, as_of: datetime, customer_ids: list[UUID] | None = None) -> dict[str, Health]:
     """Health of the given customers (default: everyone registered before ``as_of``)."""
     with store.snapshot() as tx:
-        return health_in(tx, as_of, customer_ids)
-
-
-def health_in(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None) -> dict[str, Health]:
-    """``health_as_of`` inside a snapshot the caller holds."""
-    return health_at(tx, [as_of], customer_ids)[0]
+        return health_at(tx, [as_of], customer_ids)[0]
 
 
 def health_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | None = None) -> list[dict[str, Health]]:
-    """``health_in`` at each of several instants, read in one pass (:func:`gather_at`): a score
-    and its trend, or a comparison, cost one set of queries."""
+    """``health_as_of`` at each of several instants, inside a snapshot the caller holds, read in
+    one pass (:func:`gather_at`): a score and its trend, or a comparison, cost one set of queries."""
     return [{cid: score_customer(inputs, book) for cid, inputs in book.customers.items()}
             for book in gather_at(tx, instants, customer_ids)]  # fmt: skip
 

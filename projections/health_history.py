@@ -36,8 +36,6 @@ def end_of(day: date) -> datetime:
 def ensure_table(store: ViewStore) -> None:
     with store.transaction() as tx:
         tx.execute(SCHEMA)
-        for statement in LateEventsProjection().schema():  # (when its runner has not started yet)
-            tx.execute(statement)
 
 
 def update_history(store: ViewStore, until: date, *, start: date | None = None) -> int:
@@ -93,7 +91,9 @@ def update_history(store: ViewStore, until: date, *, start: date | None = None) 
 
 def late_markers(tx: Tx) -> list[tuple[str, int]]:
     """The late-event days (day, position) whose event every view the health model reads has
-    folded: a marker ahead of one of them waits for the next run."""
+    folded: a marker ahead of one of them waits for the next run. None before the projection's
+    checkpoint exists (the engine creates its table first, and a rebuild recreates both in one
+    transaction)."""
     rows = tx.fetchall("SELECT name, position FROM cs_checkpoints")
     folded = {r["name"]: int(r["position"]) for r in rows}
     if any(name not in folded for name in MODEL_VIEWS):
