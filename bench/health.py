@@ -9,8 +9,10 @@ customers`` and ``Ingestion.import_file``), the views are folded and the daily h
 recorded up to yesterday (as a running deployment would have it, so `cs serve`'s daily job
 finds nothing to do). On that data set, kept in a temporary directory for the run:
 
-(a) ``calculate_health_score`` for one customer through ``cs serve`` over stdio (official MCP
-    client), ``--calls`` sequential calls on customers chosen with ``random.Random(42)``;
+(a) ``calculate_health_score`` for one customer through ``cs serve`` over stdio, ``--calls``
+    sequential calls on customers chosen with ``random.Random(42)``: with a lean JSON-RPC client
+    (``bench.raw_stdio``: the server's latency, the figure the target is judged on) and with the
+    official MCP client (which adds its own result validation on the same cores);
 (b) the whole book: ``health_as_of`` for every customer in process, and the tool without
     ``client_id`` over stdio (which scores the book now and 30 days earlier, for the trend);
 (c) ``ProjectionEngine.rebuild()`` (what ``cs rebuild`` runs: drop every view, refold the whole
@@ -45,6 +47,7 @@ from mcp import Client
 
 from bench import mixpanel_import
 from bench.core_tools import _checked, stdio_params
+from bench.raw_stdio import RawStdioClient
 from bench.runner import add_backend_args, backends_of, percentiles, record
 
 SEED = 42
@@ -241,6 +244,32 @@ async def score_over_stdio(settings: Any, master_key: str, calls: int, book_call
     return figures
 
 
+async def score_one_raw(settings: Any, master_key: str, calls: int, customers: int) -> dict[str, Any]:
+    """The one-customer calls of :func:`score_over_stdio` (same customers, same warm-up) from a
+    lean JSON-RPC client, with the server's and this client's CPU time per call."""
+    from bench.webhooks import cpu_seconds
+
+    rng = random.Random(SEED)
+    async with RawStdioClient(stdio_params(settings.data_dir, settings.database_url, master_key)) as client:
+
+        async def one(key: str) -> float:
+            started = time.perf_counter()
+            result = await client.call_tool("calculate_health_score", {"client_id": key})
+            elapsed = time.perf_counter() - started
+            if result["customer"]["client_id"] != key:
+                raise RuntimeError(f"calculate_health_score answered for another customer than {key}")
+            return elapsed
+
+        for i in range(WARMUP_CALLS):
+            await one(f"bench-{i:05d}")
+        server_cpu, client_cpu = cpu_seconds(client.pid), cpu_seconds()
+        samples = [await one(f"bench-{rng.randrange(customers):05d}") for _ in range(calls)]
+        server_cpu, client_cpu = cpu_seconds(client.pid) - server_cpu, cpu_seconds() - client_cpu
+    return {**{f"one_raw_{k}": v for k, v in percentiles(samples).items()},
+            "one_raw_server_cpu_ms_per_call": server_cpu / calls * 1000,
+            "one_raw_client_cpu_ms_per_call": client_cpu / calls * 1000}  # fmt: skip
+
+
 def book_health(store: Any, as_of: datetime) -> dict[str, Any]:
     """The health of every customer as of ``as_of``, as plain JSON data (comparable across runs)."""
     from projections.health import health_as_of
@@ -413,15 +442,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out.update(build(settings, files, args.customers))
                 print(f"{backend}: built ({out['stored_events']:,} stored events)", file=sys.stderr)
                 out.update(score_book_in_process(settings, args.book_calls, args.customers, profile("book")))
+                out.update(anyio.run(score_one_raw, settings, master_key, args.calls, args.customers))
                 out.update(anyio.run(score_over_stdio, settings, master_key, args.calls, args.book_calls, args.customers))
                 if args.keep:
                     keep_manifest(folder, backend, settings, master_key, kept_params(args, shape))
                 out.update(rebuild(settings, profile("rebuild"), args.events))
-                out["one_target_met"] = out["one_p99_ms"] < TARGET_ONE_P99_MS
+                out["one_target_met"] = out["one_raw_p99_ms"] < TARGET_ONE_P99_MS
+                out["one_sdk_client_target_met"] = out["one_p99_ms"] < TARGET_ONE_P99_MS
                 out["book_target_met"] = max(out["book_in_process_p50_ms"], out["book_tool_p50_ms"]) < TARGET_BOOK_S * 1000
                 out["rebuild_target_met"] = out["rebuild_events_per_s"] >= TARGET_REBUILD_EVENTS_PER_S
                 figures[backend] = out
-                print(f"{backend}: one p99 {out['one_p99_ms']:.1f} ms, book {out['book_in_process_p50_ms']:.0f} ms "
+                print(f"{backend}: one p99 {out['one_raw_p99_ms']:.1f} ms (official client {out['one_p99_ms']:.1f} ms), book {out['book_in_process_p50_ms']:.0f} ms "
                       f"(tool {out['book_tool_p50_ms']:.0f} ms)", file=sys.stderr)  # fmt: skip
                 _say_rebuild(backend, out)
     params: dict[str, Any] = {

@@ -152,11 +152,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
         return 0
     from mcp_server.server import build_server
+    from mcp_server.stdio import run_stdio
 
     server = build_server(settings)
     configure_logging(args.log_level)  # after the SDK set up its own handlers: JSON to stderr
     log.info("serve.start", transport="stdio", backend=settings.backend, data_dir=str(settings.data_dir))
-    server.run("stdio")
+    run_stdio(server)
     return 0
 
 
