@@ -318,6 +318,22 @@ class PostgresViewStore(ViewStore):
             yield tx
             tx.flush()
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Tx]:
+        """``REPEATABLE READ, READ ONLY``: every statement sees the snapshot the first one took.
+        (The default, ``READ COMMITTED``, takes a new snapshot per statement, so a read of several
+        statements could mix views from before and after a projection's commit.) The pooled
+        connection's settings are put back for the next transaction."""
+        from psycopg import IsolationLevel
+
+        with self._pool.connection() as conn:
+            conn.isolation_level, conn.read_only = IsolationLevel.REPEATABLE_READ, True
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    yield Tx(cur, "format")
+            finally:
+                conn.isolation_level, conn.read_only = None, False
+
     def runner_lock(self, name: str) -> RunnerLock:
         return _AdvisoryLock(self._conninfo, name)
 
