@@ -18,7 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from events.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 BULK_ROWS = 200  # from this many rows, Tx.insert_many COPYs on PostgreSQL
 CHECKPOINTS_DDL = "CREATE TABLE IF NOT EXISTS cs_checkpoints (name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
@@ -275,31 +279,74 @@ class SQLiteViewStore(ViewStore):
         self._local = threading.local()
 
 
-class _AdvisoryLock(RunnerLock):
-    """A session-level ``pg_try_advisory_lock`` held on a dedicated connection."""
+class _LockSession:
+    """One PostgreSQL session that holds every advisory lock of a store: a process's runner,
+    relay and job locks cost one connection, and trying a lock that another process holds is a
+    statement on it, not a new connection (a new server process) each time. A lock is released
+    with ``pg_advisory_unlock``; closing the session releases whatever it still holds."""
 
-    def __init__(self, conninfo: str, name: str) -> None:
+    def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
-        self._key = zlib.crc32(f"cs-projection:{name}".encode())  # stable across processes
         self._conn: Any = None
+        self._held: set[int] = set()
+        self._mutex = threading.Lock()
 
-    def try_acquire(self) -> bool:
+    def try_lock(self, key: int) -> bool:
+        """False also when the database cannot be reached (logged): the caller tries again later."""
         import psycopg
 
-        if self._conn is not None:
-            return True
-        conn = psycopg.connect(self._conninfo, autocommit=True)
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
-        if not (row and row[0]):
-            conn.close()
+        with self._mutex:
+            if key in self._held:
+                return True
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._held.clear()  # a lost session lost its locks with it
+                    self._conn = psycopg.connect(self._conninfo, autocommit=True)
+                row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            except psycopg.OperationalError as exc:
+                log.warning("store.lock_session_failed", error=str(exc))
+                self._close()
+                return False
+            if row and row[0]:
+                self._held.add(key)
+                return True
             return False
-        self._conn = conn
-        return True
+
+    def unlock(self, key: int) -> None:
+        import psycopg
+
+        with self._mutex:
+            if key not in self._held:
+                return
+            self._held.discard(key)
+            try:
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            except psycopg.OperationalError:
+                self._close()  # the session is gone, and its locks with it
+
+    def close(self) -> None:
+        with self._mutex:
+            self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+        self._held.clear()
+
+
+class _AdvisoryLock(RunnerLock):
+    """A session-level ``pg_try_advisory_lock`` on the store's lock session."""
+
+    def __init__(self, session: _LockSession, name: str) -> None:
+        self._session = session
+        self._key = zlib.crc32(f"cs-projection:{name}".encode())  # stable across processes
+
+    def try_acquire(self) -> bool:
+        return self._session.try_lock(self._key)
 
     def release(self) -> None:
-        if self._conn is not None:
-            self._conn.close()  # closing the session releases the lock
-            self._conn = None
+        self._session.unlock(self._key)
 
 
 class PostgresViewStore(ViewStore):
@@ -310,6 +357,7 @@ class PostgresViewStore(ViewStore):
 
         self._conninfo = conninfo
         self._pool = ConnectionPool(conninfo, min_size=1, max_size=8, open=True)
+        self._locks = _LockSession(conninfo)
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
@@ -335,9 +383,10 @@ class PostgresViewStore(ViewStore):
                 conn.isolation_level, conn.read_only = None, False
 
     def runner_lock(self, name: str) -> RunnerLock:
-        return _AdvisoryLock(self._conninfo, name)
+        return _AdvisoryLock(self._locks, name)
 
     def close(self) -> None:
+        self._locks.close()
         self._pool.close()
 
 
