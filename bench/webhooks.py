@@ -242,12 +242,12 @@ def postmaster_pid(database_url: str) -> int | None:
     None when it is not a process of this machine we can see."""
     import psycopg
 
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(database_url, autocommit=True) as conn:  # read while the backend is alive
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    try:
-        return int(_stat_fields(int(row[0]))[1]) if row else None
-    except (OSError, ValueError, IndexError):
-        return None
+        try:
+            return int(_stat_fields(int(row[0]))[1]) if row else None
+        except (OSError, ValueError, IndexError):
+            return None
 
 
 def tree_cpu_seconds(root: int | None) -> float:
