@@ -232,6 +232,71 @@ def cpu_seconds(pid: int | None = None) -> float:
         return float("nan")
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (field 3, the state, first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def postmaster_pid(database_url: str) -> int | None:
+    """The PostgreSQL server's postmaster (the parent of the backend serving a connection), or
+    None when it is not a process of this machine we can see."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:  # read while the backend is alive
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        try:
+            return int(_stat_fields(int(row[0]))[1]) if row else None
+        except (OSError, ValueError, IndexError):
+            return None
+
+
+def tree_cpu_seconds(root: int | None) -> float:
+    """User + system CPU time of a PostgreSQL server: the postmaster, the children it has
+    reaped (backends of closed connections: its cutime + cstime) and its live children
+    (backends, background writer, WAL writer, autovacuum...). NaN where unknown."""
+    if root is None:
+        return float("nan")
+    try:
+        fields = _stat_fields(root)
+        ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+        for task in Path(f"/proc/{root}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                try:
+                    child_fields = _stat_fields(int(child))
+                except OSError:  # exited meanwhile: counted in the postmaster's cutime once reaped
+                    continue
+                ticks += int(child_fields[11]) + int(child_fields[12])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+STATEMENT_OPTIONS = ("-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all "
+                     "-c pg_stat_statements.track_utility=on -c pg_stat_statements.max=5000")  # fmt: skip
+
+
+def statement_calls(database_url: str) -> Counter[str]:
+    """Statements executed so far in the database of ``database_url`` (pg_stat_statements, its
+    normalised text -> calls), with ``--postgres-statements``."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT query, calls FROM pg_stat_statements"
+                            " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())").fetchall()  # fmt: skip
+    calls: Counter[str] = Counter()
+    for query, count in rows:
+        calls[" ".join(query.split())[:160]] += count
+    return calls
+
+
+def print_statements(phase: str, calls: Counter[str], deliveries: int) -> None:
+    print(f"\n{phase}: PostgreSQL statements per delivery (pg_stat_statements), {sum(calls.values()) / deliveries:.2f} in all",
+          file=sys.stderr)  # fmt: skip
+    for query, count in calls.most_common():
+        if count > 0:
+            print(f"  {count / deliveries:8.3f}  {query}", file=sys.stderr)
+
+
 def wait_caught_up(base: str) -> float:
     """Seconds until /healthz reports no projection lag (bounded by ``CATCH_UP_TIMEOUT``)."""
     started = time.perf_counter()
@@ -282,6 +347,12 @@ def measure(database_url: str | None, args: argparse.Namespace, *, split: bool =
                                  start=start + timedelta(seconds=WARMUP + args.deliveries)),
         }  # fmt: skip
         figures: dict[str, Any] = {}
+        postmaster = postmaster_pid(database_url) if database_url else None
+        if database_url and args.postgres_statements:
+            import psycopg
+
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         with ExitStack() as processes:
             worker = processes.enter_context(worker_process(env, data_dir, data_dir / "worker.log")) if split else None
             base, pid = processes.enter_context(http_server(env, data_dir / "serve.log"))
@@ -294,6 +365,8 @@ def measure(database_url: str | None, args: argparse.Namespace, *, split: bool =
                 build = signed_requests(secret, items)
                 server_cpu, client_cpu = cpu_seconds(pid), cpu_seconds()
                 worker_cpu = cpu_seconds(worker) if worker else 0.0
+                postgres_cpu = tree_cpu_seconds(postmaster) if postmaster else 0.0
+                statements = statement_calls(database_url) if database_url and args.postgres_statements else None
                 if phase == "open":
                     load = http_load.open_loop(host, int(port), build, len(items), args.rate, args.connections)
                 else:
@@ -302,6 +375,10 @@ def measure(database_url: str | None, args: argparse.Namespace, *, split: bool =
                 server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, cpu_seconds() - client_cpu
                 catch_up = wait_caught_up(base)
                 worker_cpu = cpu_seconds(worker) - worker_cpu if worker else 0.0  # its folding included
+                postgres_cpu = tree_cpu_seconds(postmaster) - postgres_cpu if postmaster else 0.0  # likewise
+                if statements is not None:
+                    statements = statement_calls(database_url) - statements  # type: ignore[arg-type]
+                    print_statements(f"{'server + worker' if split else 'single'}, {phase} loop", statements, len(items))
                 outcomes = outcomes_of(result)
                 check_outcomes(outcomes)
                 kinds = Counter(d.kind for d in items)
@@ -318,6 +395,9 @@ def measure(database_url: str | None, args: argparse.Namespace, *, split: bool =
                     "server_cpu_ms_per_delivery": server_cpu * 1000 / len(items),
                     "client_cpu_ms_per_delivery": client_cpu * 1000 / len(items),
                     **({"worker_cpu_ms_per_delivery": worker_cpu * 1000 / len(items)} if worker else {}),
+                    **({"postgres_cpu_ms_per_delivery": postgres_cpu * 1000 / len(items)} if postmaster else {}),
+                    **({"postgres_statements_per_delivery": sum(statements.values()) / len(items)}
+                       if statements is not None else {}),  # fmt: skip
                 }
     opened, closed = figures["open"], figures["closed"]
     return {
@@ -345,6 +425,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--shape", choices=("single", "split", "both"), default="both",
                         help="single: `cs serve --http` alone; split: with `cs worker` folding the views (compose.yaml); "
                              "both (default)")  # fmt: skip
+    parser.add_argument("--postgres-statements", action="store_true",
+                        help="PostgreSQL: count the statements of each phase (pg_stat_statements on the throwaway server; "
+                             "a --database-url server must have it loaded), printed per delivery; costs the server some CPU")  # fmt: skip
     add_backend_args(parser, default="both")
     args = parser.parse_args(argv)
     if min(args.deliveries, args.concurrency, args.connections, args.customers) < 1 or args.rate <= 0:
@@ -366,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             admin = args.database_url
             if backend == "postgres":
                 where["postgres"] = "given server" if admin else "throwaway embedded server"
-                admin = admin or server.enter_context(postgres_server())
+                admin = admin or server.enter_context(postgres_server(STATEMENT_OPTIONS if args.postgres_statements else ""))
             for split in shapes.values():  # a fresh database for each shape
                 with ExitStack() as stack:
                     url = stack.enter_context(postgres_database(admin))[0] if backend == "postgres" else None
@@ -374,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     figures[f"{backend}_server_worker" if split else backend] = measure(url, args, split=split)
     params: dict[str, Any] = {
         "deliveries": args.deliveries, "rate": args.rate, "connections": args.connections,
-        "concurrency": args.concurrency, "customers": args.customers,
+        "concurrency": args.concurrency, "customers": args.customers, "postgres_statements": args.postgres_statements,
         "warmup": WARMUP, "seed": SEED, "update_share": UPDATE_SHARE, "duplicate_share": DUPLICATE_SHARE,
         "backends": list(backends), "shape": args.shape, "transport": "cs serve --http (subprocess, uvicorn), bench.http_load (raw HTTP/1.1 keep-alive)",
         **where, "target_deliveries_per_s": TARGET_PER_S, "target_p99_ms": TARGET_P99_MS,

@@ -1,6 +1,7 @@
 """The application's mapper: eventsourcing's ``Mapper``, with the states of the usage-day events
 (what a large Mixpanel import stores by the ten thousand, mostly a list of ``$insert_id``
-digests) encoded by orjson instead of the standard library's ``json`` module.
+digests) and of the ticket events but ``Rated`` (what every webhook delivery stores; text,
+None and datetimes only) encoded by orjson instead of the standard library's ``json`` module.
 
 The bytes are those ``JSONTranscoder.encode`` writes: orjson writes the same compact JSON
 (separators ``,`` and ``:``, text as UTF-8, the same escapes, keys in the dict's order) for the
@@ -27,9 +28,11 @@ import orjson
 from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 
-from events.signals import UsageDay
+from events.signals import Ticket, UsageDay
 
-ORJSON_CLASSES: frozenset[type] = frozenset({UsageDay.Opened, UsageDay.Counted})
+# Not Ticket.Rated: it holds a float (csat).
+ORJSON_CLASSES: frozenset[type] = frozenset({UsageDay.Opened, UsageDay.Counted, Ticket.Opened, Ticket.Changed,
+                                             Ticket.Solved, Ticket.Reopened})  # fmt: skip
 TIME_FIELDS = ("timestamp", "occurred_at")
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS
 

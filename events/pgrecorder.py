@@ -10,10 +10,9 @@ a slow link), the rest of the INSERT stays in libpq's buffer, the server waits f
 (``ClientRead``) and both sides wait for ever. One 50,000-line chunk of a Mixpanel import
 (about 4,000 events, 3 MB of stored state) is enough to hit it.
 
-This recorder runs the same statements in the same single transaction (lock, notify,
-insert ... returning notification ids, commit) as ordinary queries, whose send loop flushes
-until everything is written. Atomicity and commit order are unchanged; it costs a few more
-round trips per append (BEGIN, SET LOCAL, LOCK, NOTIFY, INSERT, COMMIT instead of one batch).
+This recorder runs the same statements in one transaction (lock, notify, insert ...
+returning notification ids, commit) as one ordinary query (below), whose send loop flushes
+until everything is written. Atomicity and commit order are unchanged.
 
 The INSERT itself is the library's ``INSERT ... SELECT ... FROM unnest(...) RETURNING
 notification_id`` with one array per column (``uuid[]``/``text[]``, ``int8[]``, ``text[]``,
@@ -23,10 +22,25 @@ every state (a 300,000-event Mixpanel import: 10.2 s of the importing process's 
 composite array, 8.0 s with the column arrays). ``unnest`` of several arrays yields their
 elements in order, as the composite array did, so the rows, their notification ids (from the
 table's sequence, under the same EXCLUSIVE lock) and the returned order are the same.
+
+The lock, the notification and the insert are one call of a PL/pgSQL function created with
+the table (``<events table>_append``): ``SELECT * FROM f(ids, versions, topics, states,
+lock_timeout)`` on the pool's autocommit connection, a single statement and so its own
+transaction, committed before the answer comes back. Inside it: ``SET LOCAL lock_timeout``
+(``set_config(..., true)``), ``LOCK TABLE ... IN EXCLUSIVE MODE``, ``NOTIFY``, and the
+``INSERT ... RETURNING notification_id``, in the order the statements ran before, and the
+lock is held until that transaction commits, as before. One round trip per append instead
+of six (BEGIN, SET LOCAL, LOCK, NOTIFY, INSERT, COMMIT): a group of webhook deliveries spent
+more time waiting for those answers than building its events. A unique violation (a version
+conflict) fails the statement, so nothing of the append is stored. The function is
+(re)created by ``create_table`` (run at every start, ``CREATE_TABLE=y``), under a
+transaction-level advisory lock so that processes starting together do not replace it at
+the same time.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,37 +53,50 @@ from psycopg.sql import SQL, Identifier
 
 
 class UnpipelinedPostgresApplicationRecorder(PostgresApplicationRecorder):
-    """``PostgresApplicationRecorder`` whose appends never use pipeline mode and send their
-    stored events as binary column arrays (see module doc)."""
+    """``PostgresApplicationRecorder`` whose appends never use pipeline mode, send their stored
+    events as binary column arrays and take one round trip (see module doc)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.insert_columns_statement = SQL(
-            "INSERT INTO {schema}.{table} AS t (originator_id, originator_version, topic, state)"
-            " SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
-            " RETURNING notification_id"
-        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name),
-                 id_type=SQL(self.datastore.originator_id_type))  # fmt: skip
+        schema, table = Identifier(self.datastore.schema), Identifier(self.events_table_name)
+        self.append_function_name = f"{self.events_table_name}_append"
+        self.check_identifier_length(self.append_function_name)
+        function = Identifier(self.datastore.schema, self.append_function_name)
+        self.sql_create_statements.append(SQL(
+            "CREATE OR REPLACE FUNCTION {function}(p_ids {id_type}[], p_versions bigint[], p_topics text[],"
+            " p_states bytea[], p_lock_timeout text) RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$"
+            " BEGIN"
+            " PERFORM set_config('lock_timeout', p_lock_timeout, true);"
+            " LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE;"
+            " NOTIFY {channel};"
+            " RETURN QUERY INSERT INTO {schema}.{table} AS t (originator_id, originator_version, topic, state)"
+            " SELECT * FROM unnest(p_ids, p_versions, p_topics, p_states) RETURNING t.notification_id;"
+            " END;"
+            " $BODY$"
+        ).format(function=function, id_type=SQL(self.datastore.originator_id_type), schema=schema, table=table,
+                 channel=Identifier(self.channel_name)))  # fmt: skip
+        self.append_statement = SQL(
+            "SELECT * FROM {function}(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[], %s)"
+        ).format(function=function, id_type=SQL(self.datastore.originator_id_type))
+        self.append_lock_timeout = f"{self.datastore.lock_timeout}s"
+        self.create_lock_key = zlib.crc32(f"cs-create-table:{self.datastore.schema}.{self.events_table_name}".encode())
+
+    def _create_table(self, curs: Cursor[DictRow]) -> None:
+        # Processes starting together (compose.yaml's server and worker) would otherwise replace
+        # the functions at the same moment ("tuple concurrently updated").
+        curs.execute("SELECT pg_advisory_xact_lock(%s)", (self.create_lock_key,), prepare=False)
+        super()._create_table(curs)
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         if self.datastore.enable_db_functions:  # one statement, no pipeline: the library's path is fine
             return super().insert_events(stored_events, **kwargs)
-        notification_ids: Sequence[int] | None = None
-        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
-            self._insert_events(curs, stored_events, **kwargs)
-            if stored_events:
-                self._insert_stored_events(curs, stored_events, **kwargs)  # lock, notify, insert
-                notification_ids = self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-        return notification_ids
-
-    def _insert_stored_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any) -> None:
-        if self.datastore.enable_db_functions:
-            super()._insert_stored_events(curs, stored_events)
-            return
-        self._lock_table(curs)
-        self._notify_channel(curs)
-        curs.execute(self.insert_columns_statement, (
-            [e.originator_id for e in stored_events], [e.originator_version for e in stored_events],
-            [e.topic for e in stored_events], [e.state for e in stored_events],
-        ))  # fmt: skip
+        if not stored_events:
+            return None
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            assert conn.autocommit  # the statement is its own transaction
+            curs.execute(self.append_statement, (
+                [e.originator_id for e in stored_events], [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events], [e.state for e in stored_events], self.append_lock_timeout,
+            ), prepare=True)  # fmt: skip
+            return [row[self.append_function_name] for row in curs.fetchall()]

@@ -395,6 +395,38 @@ def test_a_full_queue_answers_503_and_recording_resumes(settings: Settings) -> N
         assert set(_ticket_events(svc, head)) == {"8000", "8001"}
 
 
+def test_beside_a_worker_the_receiver_leaves_the_views_to_it(settings: Settings) -> None:
+    """compose.yaml's shape: another process (here a second ``Services``, as `cs worker`) holds
+    every projection runner lock. The server's receiver records a delivery and leaves its
+    engine asleep: a pass there would only try every runner lock again (on PostgreSQL, a new
+    connection each). A process that runs the views wakes its engine for what it recorded."""
+    settings = webhook_settings(settings)
+    at = datetime.now(UTC).replace(microsecond=0)
+
+    def deliver(svc: Services, body: bytes) -> str:
+        receiver = WebhookReceiver(svc)
+        receiver.start()
+        try:
+            outcome = anyio.run(receiver.submit, "zendesk", _zendesk(ZENDESK_SECRET)(body, at), body)
+        finally:
+            receiver.close()
+        return outcome.message
+
+    with open_services(settings) as worker:
+        register_customers(worker)
+        with open_services(settings) as server:
+            assert not any(runner.owned for runner in server.engine.runners.values())
+            head = server.app.last_position()
+            assert deliver(server, _ticket_body(8200, 509974, at)) == "recorded"
+            assert server.app.last_position() > head
+            assert not server.engine._wake.is_set()
+        assert all(runner.owned for runner in worker.engine.runners.values())
+        assert deliver(worker, _ticket_body(8201, 509974, at)) == "recorded"
+        assert worker.engine._wake.is_set()
+        worker.engine.ensure_current()
+        assert set(_ticket_events(worker, head)) == {"8200", "8201"}
+
+
 def test_a_failing_delivery_in_a_group_fails_alone(settings: Settings) -> None:
     """When a group cannot be committed (here one delivery's fill raises), its deliveries are
     committed one by one: the error is answered to that delivery, the others are recorded."""

