@@ -190,7 +190,7 @@ def _users_from_events(services: Services) -> set[tuple[str, str, str]]:
 def test_rebuild_and_event_by_event_reproduce_every_signal_row(services: Services) -> None:
     _populate_signals(services)
     incremental = _rows(services)
-    assert len(incremental["cs_usage_days_v3"]) == 2 * 5 + 2 + 1  # acme 7 days, globex 5, ghost 1 (unmatched)
+    assert len(incremental["cs_usage_days_v4"]) == 2 * 5 + 2 + 1  # acme 7 days, globex 5, ghost 1 (unmatched)
     assert incremental["cs_ticket_history_v1"] and incremental["cs_timeline_v1"] and incremental["cs_email_events_v1"]
 
     services.engine.rebuild()  # each batch folded by handle_batch
