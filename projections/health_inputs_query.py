@@ -8,9 +8,12 @@ before its date), so the inputs are a function of the events that occurred befor
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import reduce
+from operator import itemgetter, or_
 from typing import Any
 from uuid import UUID
 
@@ -19,7 +22,7 @@ from projections.base import utc_iso
 from projections.feedback import EMAILS, SURVEYS
 from projections.health_inputs import CONTRACTS, OVERRIDES, SCORECARDS, TICKET_STATES
 from projections.store import Tx
-from projections.usage import DAYS, FEATURES, USERS
+from projections.usage import DAYS, FEATURE_BITS, FEATURES, bits_of
 
 SESSION_LIKE = frozenset({"$session_start", "session_start", "Session Start", "$ae_session", "App Open"})
 
@@ -125,48 +128,7 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
         """One aggregate column per instant (``template`` names it with ``{n}``, binds ``bounds[n]``)."""
         return ", ".join(template.format(n=n) for n in range(len(instants))), [b for bs in bounds for b in bs]
 
-    # Usage: one statement per table for every window of every instant (for one customer,
-    # statements are the cost). A window's bounds that the statement's WHERE already imposes are
-    # left out, so one instant costs what a statement for that instant alone costs.
-    min_d30, min_d60 = min(d30s), min(d60s)
-    cols, binds = [], []  # (the parameters in the order of the columns that bind them)
-    for n, (stop, d30) in enumerate(zip(stops, d30s, strict=True)):
-        first, bound_f = _within("day", None, stop, None, stop_max)
-        active, bound_a = _within("1", d30, stop, None, stop_max)
-        events, bound_e = _within("events", d30, stop, None, stop_max)
-        cols.append(f"MIN({first}) AS first_{n}, COUNT({active}) AS active_{n}, SUM({events}) AS events_{n}")
-        binds += [*bound_f, *bound_a, *bound_e]
-    for row in tx.fetchall(f"SELECT customer_id, {', '.join(cols)} FROM {DAYS} WHERE day < ?{where} GROUP BY customer_id",
-                           [*binds, stop_max, *params]):  # fmt: skip
-        for n, book in enumerate(books):
-            inputs = book.customers.get(row["customer_id"])
-            if inputs is not None and row[f"first_{n}"] is not None:
-                inputs.first_usage_day = row[f"first_{n}"]
-                inputs.active_days_30d, inputs.events_30d = int(row[f"active_{n}"] or 0), int(row[f"events_{n}"] or 0)
-    cols, binds = [], []
-    for n, (stop, d30, d60) in enumerate(zip(stops, d30s, d60s, strict=True)):
-        recent, bound_r = _within("user_hash", d30, stop, min_d60, stop_max)
-        prev, bound_p = _within("user_hash", d60, d30, min_d60, stop_max)
-        cols.append(f"COUNT(DISTINCT {recent}) AS n30_{n}, COUNT(DISTINCT {prev}) AS prev_{n}")
-        binds += [*bound_r, *bound_p]
-    for row in tx.fetchall(f"SELECT customer_id, {', '.join(cols)} FROM {USERS} WHERE day >= ? AND day < ?{where} "
-                           "GROUP BY customer_id", [*binds, min_d60, stop_max, *params]):  # fmt: skip
-        for n, book in enumerate(books):
-            inputs = book.customers.get(row["customer_id"])
-            if inputs is not None:
-                inputs.active_users_30d, inputs.active_users_prev_30d = int(row[f"n30_{n}"]), int(row[f"prev_{n}"])
-    windows = [_within("1", d30, stop, min_d30, stop_max) for stop, d30 in zip(stops, d30s, strict=True)]
-    if all(expr == "1" for expr, _ in windows):  # every row read is in every window (one instant)
-        select, group, binds = "SELECT DISTINCT customer_id, feature", "", []
-    else:
-        select = f"SELECT customer_id, feature, {', '.join(f'MAX({expr}) AS used_{n}' for n, (expr, _) in enumerate(windows))}"
-        group, binds = " GROUP BY customer_id, feature", [b for _, bound in windows for b in bound]
-    for row in tx.fetchall(f"{select} FROM {FEATURES} WHERE day >= ? AND day < ?{where}{group}",
-                           [*binds, min_d30, stop_max, *params]):  # fmt: skip
-        for n, book in enumerate(books):
-            inputs = book.customers.get(row["customer_id"])
-            if inputs is not None and row.get(f"used_{n}", 1):
-                inputs.features_30d.add(row["feature"])
+    _gather_usage(tx, books, stops, d30s, d60s, where, params)
     first_days = book_feature_first_days(tx) if feature_first_days is None else feature_first_days
     for book, stop in zip(books, stops, strict=True):
         if book.customers:  # (an instant before the first registration keeps the empty defaults)
@@ -211,20 +173,49 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
     return books
 
 
-def _within(value: str, low: str | None, high: str, floor: str | None, cap: str) -> tuple[str, list[str]]:
-    """``value`` for the rows whose ``day`` is in [low, high), else NULL, and its parameters. The
-    statement's WHERE keeps days in [floor, cap) already: the bounds it implies are left out (no
-    bound left: ``value`` itself)."""
-    conditions, bounds = [], []
-    if low is not None and (floor is None or low > floor):
-        conditions.append("day >= ?")
-        bounds.append(low)
-    if high < cap:
-        conditions.append("day < ?")
-        bounds.append(high)
-    if not conditions:
-        return value, []
-    return f"CASE WHEN {' AND '.join(conditions)} THEN {value} END", bounds
+def _gather_usage(tx: Tx, books: list[BookInputs], stops: list[str], d30s: list[str], d60s: list[str], where: str,
+                  params: list[Any]) -> None:  # fmt: skip
+    """The usage inputs at every instant (``stops[n]``: its date; ``d30s``/``d60s``: 30 and 60 days
+    before): each customer's first usage day, and its customer-days from the earliest previous
+    window's start to the latest instant, read once for every instant. A window's active
+    days and events are its rows; its distinct users and features, the OR of its days' bit sets
+    (:mod:`projections.usage`): one row per customer-day read instead of one per user or feature."""
+    stop_max = max(stops)
+    firsts = tx.rows(f"SELECT customer_id, MIN(day) FROM {DAYS} WHERE day < ?{where} GROUP BY customer_id",
+                     [stop_max, *params])  # fmt: skip
+    if not firsts:
+        return
+    names = {int(bit): feature for feature, bit in tx.rows(f"SELECT feature, bit FROM {FEATURE_BITS}")}
+    # In table order (a scan; ordering by the index would visit the table row by row), then each
+    # customer's days sorted by day.
+    rows_of: dict[str, list[tuple[Any, ...]]] = {}
+    for row in tx.rows(f"SELECT customer_id, day, events, user_bits, feature_bits FROM {DAYS} WHERE day >= ? AND day < ?{where}",
+                       [min(d60s), stop_max, *params]):  # fmt: skip
+        rows_of.setdefault(row[0], []).append(row)
+    days_of: dict[str, tuple[list[str], list[int], list[int], list[int]]] = {}
+    for cid, rows in rows_of.items():
+        rows.sort(key=itemgetter(1))
+        _, days, events, user_bits, feature_bits = zip(*rows, strict=True)
+        days_of[cid] = (list(days), list(events), list(map(bits_of, user_bits)), list(map(bits_of, feature_bits)))
+    feature_sets: dict[int, frozenset[str]] = {}
+    for cid, first in firsts:
+        window = days_of.get(cid)
+        for n, book in enumerate(books):
+            inputs = book.customers.get(cid)
+            if inputs is None or first >= stops[n]:
+                continue
+            inputs.first_usage_day = first
+            if window is None:
+                continue
+            days, events, user_bits, feature_bits = window
+            old, start, stop = bisect_left(days, d60s[n]), bisect_left(days, d30s[n]), bisect_left(days, stops[n])
+            inputs.active_days_30d, inputs.events_30d = stop - start, sum(events[start:stop])
+            inputs.active_users_30d = reduce(or_, user_bits[start:stop], 0).bit_count()
+            inputs.active_users_prev_30d = reduce(or_, user_bits[old:start], 0).bit_count()
+            used = reduce(or_, feature_bits[start:stop], 0)
+            if used not in feature_sets:
+                feature_sets[used] = frozenset(names[bit] for bit in range(used.bit_length()) if used >> bit & 1)
+            inputs.features_30d = set(feature_sets[used])
 
 
 def _registered(timelines: dict[str, tuple[str, list[dict[str, Any]]]], as_of: datetime, t: str) -> dict[str, Inputs]:

@@ -102,11 +102,16 @@ class Tx:
         self._cursor.execute(f"TRUNCATE {staging}")
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        rows = self.rows(sql, params)
+        names = [d[0] for d in self._cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """:meth:`fetchall` as tuples in the statement's column order (no dict per row: bulk reads)."""
         if self._held:
             self.flush()
         self._cursor.execute(self._sql(sql), tuple(params))
-        names = [d[0] for d in self._cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in self._cursor.fetchall()]
+        return self._cursor.fetchall()  # a list on both drivers
 
     def fetchone(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         rows = self.fetchall(sql, params)

@@ -37,6 +37,8 @@ from mcp_server.server import build_server
 from mcp_server.services import Services, open_services
 from projections.health import health_as_of, health_at
 from projections.health_history import history_rows, rebuild_history, update_history
+from projections.health_inputs_query import gather_at
+from projections.usage import DAYS as USAGE_DAYS, usage_window
 from tests.conftest import MASTER_KEY
 from tests.support.postgres import create_database, drop_database
 
@@ -454,6 +456,63 @@ def test_one_pass_at_several_instants_equals_each_instant_alone(settings: Settin
     seen = {"examples": 0, "scored": 0}
     check()
     assert seen["scored"] >= seen["examples"], seen  # not vacuous: customers had scores
+
+
+USAGE_OFFSET = st.integers(-100 * SECONDS_PER_DAY, 50 * SECONDS_PER_DAY)  # relative to T: every window of the instants below
+
+
+def _usage_op(offset: st.SearchStrategy[int]) -> st.SearchStrategy[tuple[Any, ...]]:
+    return st.tuples(st.just("usage"), st.sampled_from((*KEYS, "delta")), offset, st.integers(0, 7),
+                     st.sampled_from((SESSION, *FEATURES)))  # fmt: skip
+
+
+def _usage_from_rows(tx: Any, customer_id: str, as_of: datetime) -> tuple[Any, ...]:
+    """A customer's usage inputs as of ``as_of`` counted from the rows the bit sets summarise, the
+    way every other reader counts them: the users view (COUNT DISTINCT), the feature and day rows."""
+    stop = as_of.date()
+    first = tx.fetchone(f"SELECT MIN(day) AS day FROM {USAGE_DAYS} WHERE customer_id = ? AND day < ?",
+                        (customer_id, stop.isoformat()))["day"]  # fmt: skip
+    if first is None:
+        return None, 0, 0, 0, 0, set()
+    now = usage_window(tx, UUID(customer_id), stop, 30)
+    before = usage_window(tx, UUID(customer_id), stop - timedelta(days=30), 30)
+    return first, now["active_days"], now["events"], now["active_users"], before["active_users"], set(now["features"])
+
+
+def test_usage_inputs_from_bit_sets_equal_the_rows_they_summarise(settings: Settings, request: pytest.FixtureRequest) -> None:
+    """Hypothesis: the usage inputs ``gather_at`` reads from each customer-day's bit sets (distinct
+    users and features over a window as the OR of its days') equal what the rows they summarise
+    give to every other reader (``usage_window``: COUNT(DISTINCT) over the users view, the feature
+    rows, the day rows), for every customer at several instants read in one pass, for the whole
+    book and for one customer, with usage arriving in later imports for days already counted
+    (new users and features on them) and for a customer registered after its first usage."""
+
+    @_property(max(4, PROPERTY_EXAMPLES // 2))
+    @given(day=st.integers(0, 200), second=st.integers(0, SECONDS_PER_DAY - 1),
+           imports=st.lists(st.lists(st.one_of(_usage_op(USAGE_OFFSET), _usage_op(USAGE_OFFSET),
+                                               st.tuples(st.just("register"), st.just("delta"), USAGE_OFFSET)),
+                                     min_size=1, max_size=25), min_size=2, max_size=4))  # fmt: skip
+    def check(day: int, second: int, imports: list[list[tuple[Any, ...]]]) -> None:
+        t = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(days=day, seconds=second)
+        with fresh_services(settings, lambda: request.getfixturevalue("pg_admin_url")) as svc:
+            world = World.of_three(svc, t)
+            for ops in imports:  # each list one import, folded before the next
+                world.apply(ops)
+            instants = [t, t - timedelta(days=30), t - timedelta(days=3, seconds=1), t + timedelta(days=46)]
+            with svc.store.snapshot() as tx:
+                for ids in (None, [customer_id_for("bravo")]):
+                    for book in gather_at(tx, instants, ids):
+                        for cid, i in book.customers.items():
+                            got = (i.first_usage_day, i.active_days_30d, i.events_30d, i.active_users_30d,
+                                   i.active_users_prev_30d, i.features_30d)  # fmt: skip
+                            assert got == _usage_from_rows(tx, cid, book.as_of), (cid, book.as_of)
+                            seen["users"] += i.active_users_30d > 0
+                            seen["previous"] += i.active_users_prev_30d > 0
+            seen["examples"] += 1
+
+    seen = {"examples": 0, "users": 0, "previous": 0}
+    check()
+    assert seen["users"] >= seen["examples"] and seen["previous"] >= seen["examples"] // 2, seen  # not vacuous
 
 
 def _dicts(scores: dict[str, Any]) -> dict[str, Any]:

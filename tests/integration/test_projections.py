@@ -190,7 +190,7 @@ def _users_from_events(services: Services) -> set[tuple[str, str, str]]:
 def test_rebuild_and_event_by_event_reproduce_every_signal_row(services: Services) -> None:
     _populate_signals(services)
     incremental = _rows(services)
-    assert len(incremental["cs_usage_days_v3"]) == 2 * 5 + 2 + 1  # acme 7 days, globex 5, ghost 1 (unmatched)
+    assert len(incremental["cs_usage_days_v4"]) == 2 * 5 + 2 + 1  # acme 7 days, globex 5, ghost 1 (unmatched)
     assert incremental["cs_ticket_history_v1"] and incremental["cs_timeline_v1"] and incremental["cs_email_events_v1"]
 
     services.engine.rebuild()  # each batch folded by handle_batch
@@ -223,6 +223,26 @@ def test_usage_users_view_holds_one_row_per_user_and_day_counted(services: Servi
             rows = tx.fetchall(f"SELECT customer_id, day, user_hash FROM {USERS}")
         assert len(rows) == len(expected)  # no duplicates
         assert {(r["customer_id"], r["day"], r["user_hash"]) for r in rows} == expected
+
+
+def test_bulk_insert_keeps_bit_sets_as_given(services: Services) -> None:
+    """The usage bit sets (bytes: empty, with zero bytes, with COPY's markers, long) come back as
+    given through Tx.insert_many at COPY size, straight and through ON CONFLICT, and read back
+    as the integers they were made from."""
+    from projections.store import BULK_ROWS
+    from projections.usage import bits_bytes, bits_of
+
+    numbers = [0, 1, 255, 256, 1 << 63, (1 << 200) | 1, int.from_bytes(b"\\N\t\n\\.\x00", "little")]
+    rows = [(i, bits_bytes(numbers[i % len(numbers)] << (i % 3))) for i in range(BULK_ROWS + 50)]
+    bits_type = "BYTEA" if services.store.backend == "postgres" else "BLOB"
+    with services.store.transaction() as tx:
+        tx.execute(f"CREATE TABLE t_bits (id BIGINT PRIMARY KEY, bits {bits_type} NOT NULL)")
+        tx.insert_many("t_bits", ("id", "bits"), rows)
+        tx.insert_many("t_bits", ("id", "bits"), [(i, bits_bytes(bits_of(b) | 2)) for i, b in rows[:BULK_ROWS]],
+                       "ON CONFLICT (id) DO UPDATE SET bits = excluded.bits")  # fmt: skip
+        got = tx.rows("SELECT id, bits FROM t_bits ORDER BY id")
+    assert [(i, bytes(b)) for i, b in got] == [(i, bits_bytes(bits_of(b) | 2) if i < BULK_ROWS else b) for i, b in rows]
+    assert [bits_of(b) for _, b in got][BULK_ROWS:] == [numbers[i % len(numbers)] << (i % 3) for i in range(BULK_ROWS, BULK_ROWS + 50)]
 
 
 def test_bulk_insert_keeps_every_value_as_given(services: Services) -> None:
