@@ -385,7 +385,8 @@ class PostgresViewStore(ViewStore):
                 with conn.transaction(), conn.cursor() as cur:
                     yield Tx(cur, "format")
             finally:
-                conn.isolation_level, conn.read_only = None, False
+                if not conn.closed:  # (a broken connection is discarded by the pool anyway)
+                    conn.isolation_level, conn.read_only = None, False
 
     def runner_lock(self, name: str) -> RunnerLock:
         return _AdvisoryLock(self._locks, name)
