@@ -48,7 +48,7 @@ from mcp import Client
 from bench import mixpanel_import
 from bench.core_tools import _checked, stdio_params
 from bench.raw_stdio import RawStdioClient
-from bench.runner import add_backend_args, backends_of, percentiles, record
+from bench.runner import add_backend_args, backends_of, cpu_seconds, percentiles, record
 
 SEED = 42
 WARMUP_CALLS = 20
@@ -260,8 +260,6 @@ async def score_over_stdio(settings: Any, master_key: str, calls: int, book_call
 async def score_one_raw(settings: Any, master_key: str, calls: int, customers: int) -> dict[str, Any]:
     """The one-customer calls of :func:`score_over_stdio` (same customers, same warm-up) from a
     lean JSON-RPC client, with the server's and this client's CPU time per call."""
-    from bench.webhooks import cpu_seconds
-
     rng = random.Random(SEED)
     async with RawStdioClient(stdio_params(settings.data_dir, settings.database_url, master_key)) as client:
 

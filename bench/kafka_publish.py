@@ -30,7 +30,7 @@ from typing import Any
 
 import kafka
 
-from bench.runner import percentiles, record
+from bench.runner import cpu_seconds, percentiles, record
 from events.commands import CommandMeta
 from events.settings import Settings
 from mcp_server.services import Services, open_services
@@ -67,12 +67,6 @@ def write_events(svc: Services, count: int, tag: str) -> dict[int, float]:
         last = result.position
         i += 1
     return written
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU time (user + system, every thread) of another process so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
 def transfer_cost(sink: Any, batch: Sequence[Any], rounds: int = 20) -> dict[str, float]:
@@ -163,14 +157,14 @@ def run(events: int, burst: int, bootstrap: str, broker_pid: int | None) -> dict
             backlog = head - relay.checkpoint()
             producer_pid = relay.sink.pid  # type: ignore[attr-defined]
             assert producer_pid is not None, "the warm-up started the producer process"
-            child_started = process_cpu_s(producer_pid)
-            broker_started = process_cpu_s(broker_pid) if broker_pid else 0.0
+            child_started = cpu_seconds(producer_pid)
+            broker_started = cpu_seconds(broker_pid) if broker_pid else 0.0
             started, cpu_started = time.perf_counter(), time.process_time()
             drain(relay, head)
             publish_s = time.perf_counter() - started
             publish_cpu_s = time.process_time() - cpu_started  # every thread of this process
-            publish_child_cpu_s = process_cpu_s(producer_pid) - child_started
-            broker_cpu_s = process_cpu_s(broker_pid) - broker_started if broker_pid else None
+            publish_child_cpu_s = cpu_seconds(producer_pid) - child_started
+            broker_cpu_s = cpu_seconds(broker_pid) - broker_started if broker_pid else None
             if relay.sink.pid != producer_pid:  # type: ignore[attr-defined]
                 raise RuntimeError("the producer process was restarted during the throughput phase")
             transfer = transfer_cost(relay.sink, svc.app.recorder.select_notifications(start=head - 999, limit=1000))

@@ -19,7 +19,6 @@ import io
 import json
 import os
 import random
-import resource
 import secrets
 import signal
 import socket
@@ -40,7 +39,7 @@ import httpx
 import orjson
 
 from bench import http_load
-from bench.runner import REPO_ROOT, add_backend_args, backends_of, percentiles, record
+from bench.runner import REPO_ROOT, add_backend_args, backends_of, cpu_seconds, percentiles, record, stat_fields
 
 SEED = 42
 WARMUP = 50
@@ -220,23 +219,6 @@ def outcomes_of(result: http_load.LoadResult) -> Counter[str]:
     return outcomes
 
 
-def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU time of a process (Linux /proc), or of this one; NaN where unknown."""
-    if pid is None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-
-
-def _stat_fields(pid: int) -> list[str]:
-    """The fields of /proc/<pid>/stat after the command name (field 3, the state, first)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def postmaster_pid(database_url: str) -> int | None:
     """The PostgreSQL server's postmaster (the parent of the backend serving a connection), or
     None when it is not a process of this machine we can see."""
@@ -245,7 +227,7 @@ def postmaster_pid(database_url: str) -> int | None:
     with psycopg.connect(database_url, autocommit=True) as conn:  # read while the backend is alive
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
         try:
-            return int(_stat_fields(int(row[0]))[1]) if row else None
+            return int(stat_fields(int(row[0]))[1]) if row else None
         except (OSError, ValueError, IndexError):
             return None
 
@@ -257,12 +239,12 @@ def tree_cpu_seconds(root: int | None) -> float:
     if root is None:
         return float("nan")
     try:
-        fields = _stat_fields(root)
+        fields = stat_fields(root)
         ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
         for task in Path(f"/proc/{root}/task").iterdir():
             for child in (task / "children").read_text().split():
                 try:
-                    child_fields = _stat_fields(int(child))
+                    child_fields = stat_fields(int(child))
                 except OSError:  # exited meanwhile: counted in the postmaster's cutime once reaped
                     continue
                 ticks += int(child_fields[11]) + int(child_fields[12])
