@@ -36,7 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -218,26 +218,44 @@ def score_book_in_process(settings: Any, repeats: int, customers: int, calls: in
             "book_mean_confidence": round(statistics.fmean(h.confidence for h in scores.values()), 3)}  # fmt: skip
 
 
+Score = Callable[[str], Awaitable[dict[str, Any]]]  # client_id -> the tool's structured result
+
+
+async def _timed_call(score: Score, key: str) -> float:
+    """One ``calculate_health_score`` call's latency; it must answer for the customer asked."""
+    started = time.perf_counter()
+    result = await score(key)
+    elapsed = time.perf_counter() - started
+    if result["customer"]["client_id"] != key:
+        raise RuntimeError(f"calculate_health_score answered for another customer than {key}")
+    return elapsed
+
+
+async def _warm_up(score: Score) -> None:
+    for i in range(WARMUP_CALLS):
+        await _timed_call(score, f"bench-{i:05d}")
+
+
+async def _timed(score: Score, calls: int, customers: int) -> list[float]:
+    """``calls`` sequential calls on customers chosen with ``random.Random(SEED)`` (the same
+    customers for every client)."""
+    rng = random.Random(SEED)
+    return [await _timed_call(score, f"bench-{rng.randrange(customers):05d}") for _ in range(calls)]
+
+
 async def score_over_stdio(settings: Any, master_key: str, calls: int, book_calls: int, customers: int) -> dict[str, Any]:
     params = stdio_params(settings.data_dir, settings.database_url, master_key)
-    rng = random.Random(SEED)
     figures: dict[str, Any] = {}
     connect_start = time.perf_counter()
     async with Client(params) as client:
         figures["connect_ms"] = (time.perf_counter() - connect_start) * 1000
 
-        async def one(key: str) -> float:
-            started = time.perf_counter()
-            result = await client.call_tool("calculate_health_score", {"client_id": key})
-            elapsed = time.perf_counter() - started
-            if _checked("calculate_health_score", result)["customer"]["client_id"] != key:
-                raise RuntimeError(f"calculate_health_score answered for another customer than {key}")
-            return elapsed
+        async def score(key: str) -> dict[str, Any]:
+            return _checked("calculate_health_score", await client.call_tool("calculate_health_score", {"client_id": key}))
 
-        for i in range(WARMUP_CALLS):
-            await one(f"bench-{i:05d}")
+        await _warm_up(score)
         started = time.perf_counter()
-        samples = [await one(f"bench-{rng.randrange(customers):05d}") for _ in range(calls)]
+        samples = await _timed(score, calls, customers)
         wall = time.perf_counter() - started
         figures.update({f"one_{k}": v for k, v in percentiles(samples).items()})
         figures["one_calls_per_s"] = calls / wall
@@ -260,21 +278,14 @@ async def score_over_stdio(settings: Any, master_key: str, calls: int, book_call
 async def score_one_raw(settings: Any, master_key: str, calls: int, customers: int) -> dict[str, Any]:
     """The one-customer calls of :func:`score_over_stdio` (same customers, same warm-up) from a
     lean JSON-RPC client, with the server's and this client's CPU time per call."""
-    rng = random.Random(SEED)
     async with RawStdioClient(stdio_params(settings.data_dir, settings.database_url, master_key)) as client:
 
-        async def one(key: str) -> float:
-            started = time.perf_counter()
-            result = await client.call_tool("calculate_health_score", {"client_id": key})
-            elapsed = time.perf_counter() - started
-            if result["customer"]["client_id"] != key:
-                raise RuntimeError(f"calculate_health_score answered for another customer than {key}")
-            return elapsed
+        async def score(key: str) -> dict[str, Any]:
+            return await client.call_tool("calculate_health_score", {"client_id": key})
 
-        for i in range(WARMUP_CALLS):
-            await one(f"bench-{i:05d}")
+        await _warm_up(score)
         server_cpu, client_cpu = cpu_seconds(client.pid), cpu_seconds()
-        samples = [await one(f"bench-{rng.randrange(customers):05d}") for _ in range(calls)]
+        samples = await _timed(score, calls, customers)
         server_cpu, client_cpu = cpu_seconds(client.pid) - server_cpu, cpu_seconds() - client_cpu
     return {**{f"one_raw_{k}": v for k, v in percentiles(samples).items()},
             "one_raw_server_cpu_ms_per_call": server_cpu / calls * 1000,
