@@ -183,14 +183,6 @@ class WebhookReceiver:
             row = tx.fetchone(f"SELECT COUNT(*) AS n, MAX(last_position) AS last FROM {CUSTOMERS}")
         return (int(row["n"]), int(row["last"] or 0)) if row else (0, 0)
 
-    def _folds_here(self) -> bool:
-        """Whether this process runs a projection (it holds its runner lock). Beside a `cs worker`
-        (compose.yaml) it runs none, and a wake-up would only start a pass that tries every
-        runner lock again: on PostgreSQL each try opens a connection (a new server process)
-        that is closed at once when the worker still holds the lock, a dozen per pass, up to a
-        pass every 20 ms under a stream of deliveries. The engine's own polling still tries them."""
-        return any(runner.owned for runner in self.svc.engine.runners.values())
-
     def _refresh_directory(self) -> None:
         checkpoint = self.svc.store.checkpoint("customer_profile_v1")
         if checkpoint != self.seen:
@@ -262,7 +254,7 @@ class WebhookReceiver:
         except Exception as exc:  # noqa: BLE001 - e.g. the directory could not be read: every delivery left gets it
             answered = {id(answer) for answer, _ in results}
             results.extend((item.answer, exc) for item in group if id(item.answer) not in answered)
-        if self._folds_here() and any(isinstance(o, WebhookOutcome) and o.report and o.report.position for _, o in results):
+        if any(isinstance(o, WebhookOutcome) and o.report and o.report.position for _, o in results):
             self.svc.engine.wake()
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
         for answer, outcome in results:

@@ -377,7 +377,11 @@ class ProjectionEngine:
             self._relay_thread.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        """Fold what was just written now rather than at the next poll. A process that runs no
+        projection (beside `cs worker`) has nothing to fold: a pass would only try every runner
+        lock again, which its loop does at each poll anyway."""
+        if any(runner.owned for runner in self.runners.values()):
+            self._wake.set()
 
     def stop(self) -> None:
         self._stop.set()

@@ -398,8 +398,8 @@ def test_a_full_queue_answers_503_and_recording_resumes(settings: Settings) -> N
 def test_beside_a_worker_the_receiver_leaves_the_views_to_it(settings: Settings) -> None:
     """compose.yaml's shape: another process (here a second ``Services``, as `cs worker`) holds
     every projection runner lock. The server's receiver records a delivery and leaves its
-    engine asleep: a pass there would only try every runner lock again (on PostgreSQL, a new
-    connection each). A process that runs the views wakes its engine for what it recorded."""
+    engine asleep: a pass there would only try every runner lock again. A process that runs the
+    views wakes its engine for what it recorded."""
     settings = webhook_settings(settings)
     at = datetime.now(UTC).replace(microsecond=0)
 
