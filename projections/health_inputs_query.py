@@ -68,9 +68,16 @@ def scorecard_as_of(tx: Tx, as_of: datetime) -> tuple[ScorecardConfig, str | Non
     return scorecards_at(tx, [utc_iso(as_of)])[0]
 
 
+SCORECARDS_BEFORE = f"SELECT at, config FROM {SCORECARDS} WHERE at < ? ORDER BY position"
+
+
 def scorecards_at(tx: Tx, stamps: Sequence[str]) -> list[tuple[ScorecardConfig, str | None]]:
     """The scorecard in force at each instant (its ISO stamp): the last one recorded before it."""
-    rows = tx.fetchall(f"SELECT at, config FROM {SCORECARDS} WHERE at < ? ORDER BY position", [max(stamps)])
+    return _scorecards_in(tx.fetchall(SCORECARDS_BEFORE, [max(stamps)]), stamps)
+
+
+def _scorecards_in(rows: list[dict[str, Any]], stamps: Sequence[str]) -> list[tuple[ScorecardConfig, str | None]]:
+    """:func:`scorecards_at` from the rows of ``SCORECARDS_BEFORE`` the latest stamp."""
     parsed: dict[int, ScorecardConfig] = {}
     out: list[tuple[ScorecardConfig, str | None]] = []
     for t in stamps:
@@ -99,53 +106,71 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
     """:func:`gather` at several instants in one pass: each statement reads the rows before the
     latest instant once, and each instant keeps those before it (conditional aggregates per
     instant where the database sums), so a score and its 30-day trend cost one set of queries.
+    The statements do not depend on one another, so they are sent together
+    (:meth:`~projections.store.Tx.read_all`: one round trip on PostgreSQL).
     Element ``i`` equals ``gather(tx, instants[i], ...)`` (a test compares them)."""
     if not instants:
         return []
     ts = [utc_iso(a) for a in instants]
     ids = [str(c) for c in customer_ids] if customer_ids is not None else None
-    where, params = _in(ids)
-    cards = scorecards_at(tx, ts)
-
-    logged: dict[str, list[dict[str, Any]]] = {}
-    for row in tx.fetchall(f"SELECT * FROM {CONTRACTS} WHERE 1 = 1{where} ORDER BY customer_id, position", params):
-        logged.setdefault(row["customer_id"], []).append(row)
-    timelines = {cid: (log_rows[0]["at"], contract_timeline(log_rows)) for cid, log_rows in logged.items()}
-    books = [BookInputs(as_of, *cards[n], set(), False, _registered(timelines, as_of, ts[n])) for n, as_of in enumerate(instants)]
-    everyone = {cid for book in books for cid in book.customers}
-    if not everyone:
-        return books
+    if ids == []:
+        return [BookInputs(as_of, *card, set(), False, {}) for as_of, card in zip(instants, scorecards_at(tx, ts), strict=True)]
     # The whole book: no list of ids (a book of tens of thousands would overflow a statement's
-    # parameters); rows of customers not registered at an instant are skipped for it below.
-    where, params = _in(sorted(everyone) if ids is not None else None)
-    days = [as_of.date() for as_of in instants]
-    stops = [d.isoformat() for d in days]
-    d30s = [(d - timedelta(days=30)).isoformat() for d in days]
-    d60s = [(d - timedelta(days=60)).isoformat() for d in days]
+    # parameters). Rows of customers not registered at an instant are skipped for it below.
+    where, params = _in(ids)
+    stops = [as_of.date().isoformat() for as_of in instants]
+    d30s = [(as_of.date() - timedelta(days=30)).isoformat() for as_of in instants]
+    d60s = [(as_of.date() - timedelta(days=60)).isoformat() for as_of in instants]
+    csat_froms = [utc_iso(as_of - timedelta(days=90)) for as_of in instants]
     t_max, stop_max = max(ts), max(stops)
 
     def per_instant(template: str, bounds: Sequence[Sequence[str]]) -> tuple[str, list[str]]:
         """One aggregate column per instant (``template`` names it with ``{n}``, binds ``bounds[n]``)."""
         return ", ".join(template.format(n=n) for n in range(len(instants))), [b for bs in bounds for b in bs]
 
-    _gather_usage(tx, books, stops, d30s, d60s, where, params)
-    first_days = book_feature_first_days(tx) if feature_first_days is None else feature_first_days
+    connected_cols, connected_binds = per_instant(f"(SELECT 1 FROM {TICKET_STATES} WHERE at < ? LIMIT 1) AS connected_{{n}}",
+                                                  [(t,) for t in ts])  # fmt: skip
+    email_cols, email_binds = per_instant("COUNT(CASE WHEN occurred_at < ? THEN 1 END) AS n_{n}, "
+                                          "MAX(CASE WHEN occurred_at < ? THEN occurred_at END) AS last_{n}", [(t, t) for t in ts])  # fmt: skip
+    statements: dict[str, tuple[str, list[Any]]] = {
+        "cards": (SCORECARDS_BEFORE, [t_max]),
+        "contracts": (f"SELECT * FROM {CONTRACTS} WHERE 1 = 1{where} ORDER BY customer_id, position", params),
+        "usage_firsts": (f"SELECT customer_id, MIN(day) FROM {DAYS} WHERE day < ?{where} GROUP BY customer_id", [stop_max, *params]),
+        # (the first days only when the caller has not read them already)
+        "features": (FEATURES_WITH_FIRST_DAY if feature_first_days is None else f"SELECT feature, bit FROM {FEATURE_BITS}", []),
+        # In table order (a scan; ordering by the index would visit the table row by row), then
+        # each customer's days sorted by day.
+        "usage_days": (f"SELECT customer_id, day, events, user_bits, feature_bits FROM {DAYS} WHERE day >= ? AND day < ?{where}",
+                       [min(d60s), stop_max, *params]),
+        "connected": (f"SELECT {connected_cols}", connected_binds),
+        "tickets": (f"SELECT * FROM {TICKET_STATES} WHERE at < ?{where} ORDER BY position", [t_max, *params]),
+        "surveys": (f"SELECT customer_id, score, responded_at FROM {SURVEYS} WHERE responded_at < ?{where} "
+                    "ORDER BY responded_at, survey_id", [t_max, *params]),
+        "emails": (f"SELECT customer_id, kind, {email_cols} FROM {EMAILS} WHERE occurred_at < ?{where} GROUP BY customer_id, kind",
+                   [*email_binds, t_max, *params]),
+        "overrides": (f"SELECT * FROM {OVERRIDES} WHERE kind = 'health' AND at < ?{where} ORDER BY position", [t_max, *params]),
+    }  # fmt: skip
+    read = dict(zip(statements, tx.read_all(list(statements.values())), strict=True))
+
+    cards = _scorecards_in(read["cards"].dicts(), ts)
+    logged: dict[str, list[dict[str, Any]]] = {}
+    for row in read["contracts"].dicts():
+        logged.setdefault(row["customer_id"], []).append(row)
+    timelines = {cid: (log_rows[0]["at"], contract_timeline(log_rows)) for cid, log_rows in logged.items()}
+    books = [BookInputs(as_of, *cards[n], set(), False, _registered(timelines, as_of, ts[n])) for n, as_of in enumerate(instants)]
+    if not any(book.customers for book in books):
+        return books
+
+    features = read["features"].rows
+    _gather_usage(books, read["usage_firsts"].rows, [(feature, bit) for feature, bit, *_ in features], read["usage_days"].rows,
+                  stops, d30s, d60s)  # fmt: skip
+    first_days = _first_days(features) if feature_first_days is None else feature_first_days
     for book, stop in zip(books, stops, strict=True):
         if book.customers:  # (an instant before the first registration keeps the empty defaults)
             book.book_features = {feature for feature, first in first_days.items() if first < stop} - SESSION_LIKE
 
-    cols, binds = per_instant(f"(SELECT 1 FROM {TICKET_STATES} WHERE at < ? LIMIT 1) AS connected_{{n}}", [(t,) for t in ts])
-    connected = tx.fetchone(f"SELECT {cols}", binds) or {}
-    csat_froms = [utc_iso(as_of - timedelta(days=90)) for as_of in instants]
-    tickets = tx.fetchall(f"SELECT * FROM {TICKET_STATES} WHERE at < ?{where} ORDER BY position", [t_max, *params])
-    surveys = tx.fetchall(f"SELECT customer_id, score, responded_at FROM {SURVEYS} WHERE responded_at < ?{where} "
-                          "ORDER BY responded_at, survey_id", [t_max, *params])  # fmt: skip
-    cols, binds = per_instant("COUNT(CASE WHEN occurred_at < ? THEN 1 END) AS n_{n}, "
-                              "MAX(CASE WHEN occurred_at < ? THEN occurred_at END) AS last_{n}", [(t, t) for t in ts])  # fmt: skip
-    emails = tx.fetchall(f"SELECT customer_id, kind, {cols} FROM {EMAILS} WHERE occurred_at < ?{where} "
-                         "GROUP BY customer_id, kind", [*binds, t_max, *params])  # fmt: skip
-    overrides = tx.fetchall(f"SELECT * FROM {OVERRIDES} WHERE kind = 'health' AND at < ?{where} ORDER BY position",
-                            [t_max, *params])  # fmt: skip
+    connected = (read["connected"].dicts() or [{}])[0]
+    tickets, surveys, emails, overrides = (read[k].dicts() for k in ("tickets", "surveys", "emails", "overrides"))
     for n, book in enumerate(books):
         t, customers = ts[n], book.customers
         if not customers:
@@ -173,24 +198,19 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
     return books
 
 
-def _gather_usage(tx: Tx, books: list[BookInputs], stops: list[str], d30s: list[str], d60s: list[str], where: str,
-                  params: list[Any]) -> None:  # fmt: skip
+def _gather_usage(books: list[BookInputs], firsts: list[tuple[Any, ...]], bit_rows: list[tuple[Any, ...]],
+                  day_rows: list[tuple[Any, ...]], stops: list[str], d30s: list[str], d60s: list[str]) -> None:  # fmt: skip
     """The usage inputs at every instant (``stops[n]``: its date; ``d30s``/``d60s``: 30 and 60 days
-    before): each customer's first usage day, and its customer-days from the earliest previous
-    window's start to the latest instant, read once for every instant. A window's active
-    days and events are its rows; its distinct users and features, the OR of its days' bit sets
-    (:mod:`projections.usage`): one row per customer-day read instead of one per user or feature."""
-    stop_max = max(stops)
-    firsts = tx.rows(f"SELECT customer_id, MIN(day) FROM {DAYS} WHERE day < ?{where} GROUP BY customer_id",
-                     [stop_max, *params])  # fmt: skip
+    before): each customer's first usage day (``firsts``), and its customer-days (``day_rows``)
+    from the earliest previous window's start to the latest instant, read once for every instant.
+    A window's active days and events are its rows; its distinct users and features, the OR of its
+    days' bit sets (:mod:`projections.usage`; ``bit_rows`` name the feature bits): one row per
+    customer-day read instead of one per user or feature."""
     if not firsts:
         return
-    names = {int(bit): feature for feature, bit in tx.rows(f"SELECT feature, bit FROM {FEATURE_BITS}")}
-    # In table order (a scan; ordering by the index would visit the table row by row), then each
-    # customer's days sorted by day.
+    names = {int(bit): feature for feature, bit in bit_rows}
     rows_of: dict[str, list[tuple[Any, ...]]] = {}
-    for row in tx.rows(f"SELECT customer_id, day, events, user_bits, feature_bits FROM {DAYS} WHERE day >= ? AND day < ?{where}",
-                       [min(d60s), stop_max, *params]):  # fmt: skip
+    for row in day_rows:
         rows_of.setdefault(row[0], []).append(row)
     days_of: dict[str, tuple[list[str], list[int], list[int], list[int]]] = {}
     for cid, rows in rows_of.items():
@@ -266,15 +286,22 @@ def contract_timeline(log_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return timeline
 
 
+# Every feature seen in the book (each is numbered in FEATURE_BITS when its first use is folded,
+# :mod:`projections.usage`) with its bit and the first day it was used: one index seek on
+# (feature, day) per feature.
+FEATURES_WITH_FIRST_DAY = (
+    f"SELECT b.feature, b.bit, (SELECT MIN(f.day) FROM {FEATURES} f WHERE f.feature = b.feature) AS first "
+    f"FROM {FEATURE_BITS} b"
+)
+
+
 def book_feature_first_days(tx: Tx) -> dict[str, str]:
-    """Every feature seen in the book with the first day it was used, by a loose index scan over
-    (feature, day): two index seeks per distinct feature instead of reading every row."""
-    rows = tx.fetchall(
-        f"WITH RECURSIVE f(feature) AS (SELECT MIN(feature) FROM {FEATURES} UNION ALL "
-        f"SELECT (SELECT MIN(n.feature) FROM {FEATURES} n WHERE n.feature > f.feature) FROM f WHERE f.feature IS NOT NULL) "
-        f"SELECT feature, (SELECT MIN(d.day) FROM {FEATURES} d WHERE d.feature = f.feature) AS first "
-        "FROM f WHERE feature IS NOT NULL")  # fmt: skip
-    return {r["feature"]: r["first"] for r in rows}
+    """Every feature seen in the book -> the first day it was used."""
+    return _first_days(tx.rows(FEATURES_WITH_FIRST_DAY))
+
+
+def _first_days(rows: list[tuple[Any, ...]]) -> dict[str, str]:
+    return {feature: first for feature, _, first in rows if first is not None}
 
 
 def days_between(later: date, earlier_iso: str) -> int:

@@ -14,7 +14,8 @@ import threading
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,18 @@ CHECKPOINTS_DDL = "CREATE TABLE IF NOT EXISTS cs_checkpoints (name TEXT PRIMARY 
 
 class CheckpointConflictError(RuntimeError):
     """Another runner moved the checkpoint: this batch was not applied."""
+
+
+@dataclass(frozen=True)
+class Rows:
+    """One statement's result: its rows as tuples, and the cursor's description of its columns."""
+
+    description: Sequence[Sequence[Any]]
+    rows: list[tuple[Any, ...]]
+
+    def dicts(self) -> list[dict[str, Any]]:
+        names = [d[0] for d in self.description]
+        return [dict(zip(names, row, strict=True)) for row in self.rows]
 
 
 class Tx:
@@ -112,6 +125,26 @@ class Tx:
             self.flush()
         self._cursor.execute(self._sql(sql), tuple(params))
         return self._cursor.fetchall()  # a list on both drivers
+
+    def read_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Rows]:
+        """The results of several independent reads, in order. PostgreSQL gets them in one pipeline
+        (psycopg's pipeline mode: every statement sent, then every result read, one round trip
+        instead of one per statement); SQLite, in process, runs them one after the other."""
+        if self._held:
+            self.flush()
+        if not self._pg:
+            results = []
+            for sql, params in statements:
+                rows = self.rows(sql, params)
+                results.append(Rows(self._cursor.description, rows))  # (the description of this statement)
+            return results
+        conn = self._cursor.connection
+        with ExitStack() as cursors:
+            opened = [cursors.enter_context(conn.cursor()) for _ in statements]
+            with conn.pipeline():
+                for cursor, (sql, params) in zip(opened, statements, strict=True):
+                    cursor.execute(self._sql(sql), tuple(params))
+            return [Rows(cursor.description, cursor.fetchall()) for cursor in opened]
 
     def fetchone(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         rows = self.fetchall(sql, params)
@@ -284,6 +317,9 @@ class SQLiteViewStore(ViewStore):
         self._local = threading.local()
 
 
+LOCK_SESSION_NAME = "cs-runner-locks"  # its application_name: how it shows in pg_stat_activity
+
+
 class _LockSession:
     """One PostgreSQL session that holds every advisory lock of a store: a process's runner,
     relay and job locks cost one connection, and trying a lock that another process holds is a
@@ -306,7 +342,7 @@ class _LockSession:
             try:
                 if self._conn is None or self._conn.closed:
                     self._held.clear()  # a lost session lost its locks with it
-                    self._conn = psycopg.connect(self._conninfo, autocommit=True)
+                    self._conn = psycopg.connect(self._conninfo, autocommit=True, application_name=LOCK_SESSION_NAME)
                 row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
             except psycopg.OperationalError as exc:
                 log.warning("store.lock_session_failed", error=str(exc))

@@ -37,8 +37,8 @@ from mcp_server.server import build_server
 from mcp_server.services import Services, open_services
 from projections.health import health_as_of, health_at
 from projections.health_history import history_rows, rebuild_history, update_history
-from projections.health_inputs_query import gather_at
-from projections.usage import DAYS as USAGE_DAYS, usage_window
+from projections.health_inputs_query import SESSION_LIKE, gather_at
+from projections.usage import DAYS as USAGE_DAYS, FEATURES as FEATURE_ROWS, usage_window
 from tests.conftest import MASTER_KEY
 from tests.support.postgres import create_database, drop_database
 
@@ -485,7 +485,9 @@ def test_usage_inputs_from_bit_sets_equal_the_rows_they_summarise(settings: Sett
     give to every other reader (``usage_window``: COUNT(DISTINCT) over the users view, the feature
     rows, the day rows), for every customer at several instants read in one pass, for the whole
     book and for one customer, with usage arriving in later imports for days already counted
-    (new users and features on them) and for a customer registered after its first usage."""
+    (new users and features on them) and for a customer registered after its first usage; and the
+    book's features with their first days (from the feature numbering) equal a plain scan of the
+    feature rows."""
 
     @_property(max(4, PROPERTY_EXAMPLES // 2))
     @given(day=st.integers(0, 200), second=st.integers(0, SECONDS_PER_DAY - 1),
@@ -500,8 +502,13 @@ def test_usage_inputs_from_bit_sets_equal_the_rows_they_summarise(settings: Sett
                 world.apply(ops)
             instants = [t, t - timedelta(days=30), t - timedelta(days=3, seconds=1), t + timedelta(days=46)]
             with svc.store.snapshot() as tx:
+                first_days = tx.rows(f"SELECT feature, MIN(day) FROM {FEATURE_ROWS} GROUP BY feature")
                 for ids in (None, [customer_id_for("bravo")]):
                     for book in gather_at(tx, instants, ids):
+                        if book.customers:  # the book's features (adoption's default key features), by a plain scan
+                            stop = book.as_of.date().isoformat()
+                            assert book.book_features == {f for f, first in first_days if first < stop} - SESSION_LIKE
+                            seen["features"] += bool(book.book_features)
                         for cid, i in book.customers.items():
                             got = (i.first_usage_day, i.active_days_30d, i.events_30d, i.active_users_30d,
                                    i.active_users_prev_30d, i.features_30d)  # fmt: skip
@@ -510,9 +517,10 @@ def test_usage_inputs_from_bit_sets_equal_the_rows_they_summarise(settings: Sett
                             seen["previous"] += i.active_users_prev_30d > 0
             seen["examples"] += 1
 
-    seen = {"examples": 0, "users": 0, "previous": 0}
+    seen = {"examples": 0, "users": 0, "previous": 0, "features": 0}
     check()
     assert seen["users"] >= seen["examples"] and seen["previous"] >= seen["examples"] // 2, seen  # not vacuous
+    assert seen["features"] >= seen["examples"], seen
 
 
 def _dicts(scores: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from events.settings import Settings
-from projections.store import build_view_store
+from projections.store import LOCK_SESSION_NAME, build_view_store
 
 
 def test_a_snapshot_keeps_its_state_while_a_writer_commits(settings: Settings) -> None:
@@ -78,10 +78,48 @@ def test_runner_locks_exclude_another_store_and_share_one_session(settings: Sett
 
 
 def _sessions(settings: Settings) -> int:
-    """Sessions on the test database (PostgreSQL), this query's own left out."""
+    """Runner-lock sessions on the test database (PostgreSQL). (Counting every session would count
+    the connection pools too, which open connections in the background when they see fit.)"""
     import psycopg
 
     with psycopg.connect(settings.postgres.conninfo(), autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = current_database()").fetchone()
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s",
+                           (LOCK_SESSION_NAME,)).fetchone()  # fmt: skip
     assert row is not None
     return int(row[0])
+
+
+def test_read_all_gives_each_statement_its_own_rows(settings: Settings) -> None:
+    """Several reads sent together (one pipeline on PostgreSQL) give what each gives on its own,
+    in order, empty results and column names included; a failing one raises and spoils nothing
+    for the next transaction on the pooled connection."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = build_view_store(settings)
+    try:
+        store.setup([])
+        for n, name in enumerate(("alpha", "bravo", "charlie")):
+            store.ensure_checkpoint(name)
+            with store.transaction() as tx:
+                tx.move_checkpoint(name, 0, 10 * (n + 1))
+        statements = [
+            ("SELECT name, position FROM cs_checkpoints WHERE position > ? ORDER BY name", [10]),
+            ("SELECT position AS at FROM cs_checkpoints WHERE name = ?", ["alpha"]),
+            ("SELECT name FROM cs_checkpoints WHERE name = ?", ["nobody"]),
+            ("SELECT COUNT(*) AS n, MAX(position) AS top FROM cs_checkpoints WHERE name IN (?, ?)", ["alpha", "charlie"]),
+        ]
+        with store.snapshot() as tx:
+            one_by_one = [tx.fetchall(sql, params) for sql, params in statements]
+            together = tx.read_all(statements)
+        assert [r.dicts() for r in together] == one_by_one
+        assert one_by_one == [[{"name": "bravo", "position": 20}, {"name": "charlie", "position": 30}],
+                              [{"at": 10}], [], [{"n": 2, "top": 30}]]  # fmt: skip
+        assert together[0].rows == [("bravo", 20), ("charlie", 30)]
+
+        with pytest.raises(Exception) as failed, store.snapshot() as tx:
+            tx.read_all([statements[1], ("SELECT position FROM no_such_table", []), statements[0]])
+        assert "no_such_table" in str(failed.value)
+        for _ in range(3):  # every pooled connection is usable again
+            with store.snapshot() as tx:
+                assert [r.dicts() for r in tx.read_all(statements)] == one_by_one
+    finally:
+        store.close()
