@@ -6,10 +6,10 @@ decoded events, rows) that reference counting frees and that form no cycles: the
 they set off find nothing to free and cost 10-30% of the CPU. Cycles made meanwhile wait for the
 next collection once the collector is back on.
 
-The collector is one per process: pauses that overlap (a Mixpanel import commits one chunk in a
-thread while its main thread takes in the next) are counted, and the collector comes back on
-when the last of them ends, not when the first does (it would then collect in the middle of the
-other's work, walking every object that work holds).
+The collector is one per process: pauses that overlap (a Mixpanel import in one thread of
+`cs serve` while a projection's rebuild runs in another) are counted, and the collector comes
+back on when the last of them ends, not when the first does (it would then collect in the
+middle of the other's work, walking every object that work holds).
 """
 
 from __future__ import annotations
