@@ -33,7 +33,8 @@ from datetime import date, datetime, time as dtime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.runner import add_backend_args, backends_of, record
+from bench.runner import add_backend_args, backends_of, cpu_seconds, record
+from bench.webhooks import postmaster_pid, tree_cpu_seconds
 
 SEED = 42
 START_DAY = date(2026, 3, 2)  # a Monday; the window is START_DAY .. START_DAY + days - 1
@@ -162,6 +163,17 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
+def _cpu_now(postmaster: int | None) -> dict[str, float]:
+    """CPU seconds so far of this (the importing) process, of its children (the parser worker,
+    and multiprocessing's resource tracker) and of the PostgreSQL server (every process of it;
+    when it runs on this machine)."""
+    own = cpu_seconds()
+    figures = {"process": own, "children": tree_cpu_seconds(os.getpid()) - own}
+    if postmaster is not None:
+        figures["postgres"] = tree_cpu_seconds(postmaster)
+    return figures
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise RuntimeError(message)
@@ -188,10 +200,13 @@ def measure_backend(path: str, events: int, customers: int, database_url: str | 
             ingestion = svc.ingestion(actor="cli")  # what `cs import mixpanel FILE` builds
             head_before = svc.app.last_position()
             figures["rss_before_import_mb"] = _rss_mb()
+            postmaster = postmaster_pid(database_url) if database_url else None
+            cpu_before = _cpu_now(postmaster)
             started = time.perf_counter()
             with open(path, newline="", encoding="utf-8-sig") as stream:  # as `cs import` opens it
                 report = ingestion.import_file("mixpanel", stream, Path(path).name)
             elapsed = time.perf_counter() - started
+            cpu = {k: v - cpu_before[k] for k, v in _cpu_now(postmaster).items()}
             figures["peak_rss_import_mb"] = _peak_rss_mb()
             _check(report.received == events and report.recorded == events and report.duplicates == 0
                    and not report.rejected, f"first import: {report.as_dict()}")  # fmt: skip
@@ -199,6 +214,7 @@ def measure_backend(path: str, events: int, customers: int, database_url: str | 
             figures.update({
                 "import_s": elapsed, "import_events_per_s": events / elapsed,
                 "stored_events": stored, "unmatched_events": report.unmatched,
+                **{f"import_{k}_cpu_us_per_event": v * 1e6 / events for k, v in cpu.items()},
             })  # fmt: skip
 
             started = time.perf_counter()

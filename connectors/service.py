@@ -98,10 +98,15 @@ class Ingestion:
             raise InvalidInputError("SOURCE", f"unknown {source!r}; available: customers, {', '.join(FILE_SOURCES)}")
         total = BatchReport()
         if source == "mixpanel":
-            for report in self._mixpanel_lines(stream, "import", name):
-                total.merge(report)
-                if on_progress:
-                    on_progress(report.received)
+            # The cyclic collector off for the whole import, not chunk by chunk: each time it came
+            # back on, it walked every object the import then held (the parsed chunk, the carried
+            # days), 28 young and 3 middle collections, 0.4-0.8 s of a 1M-event import, for
+            # nothing (gc.collect() after such an import finds 20 unreachable objects).
+            with workers.collector_paused():
+                for report in self._mixpanel_lines(stream, "import", name):
+                    total.merge(report)
+                    if on_progress:
+                        on_progress(report.received)
             return total
         if source == "nps":
             rows: Iterable[tuple[str, Any]] = ((f"line {n}", row) for n, row in nps.read_rows(stream))
@@ -172,6 +177,8 @@ class Ingestion:
                 for where, field_name, reason in parsed.rejected:
                     batch.reject(where, field_name, reason)
 
+            # The callers keep the cyclic collector off for the whole import (see import_file);
+            # this pause only counts for a caller that does not.
             with workers.collector_paused():  # not across the yield: only this chunk's roll-up and commit
                 report = self._commit("mixpanel", channel, name, fill, final_cursor if last else None)
             yield report
@@ -221,8 +228,9 @@ class Ingestion:
                 lines = await self._export_range(client, project, day, end)
                 complete = min(end.isoformat(), yesterday)
                 complete = complete if complete >= (last or "") else last  # today is re-read next time
-                for report in self._mixpanel_lines([line for _, line in lines], "sync", f"export {day}..{end}", complete):
-                    total.merge(report)
+                with workers.collector_paused():  # as for import_file
+                    for report in self._mixpanel_lines([line for _, line in lines], "sync", f"export {day}..{end}", complete):
+                        total.merge(report)
                 if not lines and complete and complete != last:
                     total.merge(self._commit(vendor, "sync", f"export {day}..{end}", lambda b: None, complete))
                 last = complete

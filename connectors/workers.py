@@ -154,7 +154,8 @@ def _parse_lines(chunk: Chunk, first_number: int, account_property: str) -> Pars
 def parsed_chunks(source: Iterable[str | bytes], size: int, account_property: str) -> Iterator[tuple[ParsedChunk, bool]]:
     """``parse_chunk`` of each chunk of ``size`` lines of ``source`` (numbered from 1), in
     order, each with whether it is the last. A single chunk is parsed here (not worth a
-    process); from two on, the worker parses chunk N+1 while the caller handles chunk N."""
+    process); from two on, the first is parsed here while the worker parses the second, and
+    then the worker parses chunk N+1 while the caller handles chunk N."""
     chunks = line_chunks(source, size)
     current = next(chunks, None)
     if current is None:
@@ -184,7 +185,11 @@ def parsed_chunks(source: Iterable[str | bytes], size: int, account_property: st
         number += count
 
     try:
-        submit(current)
+        # The first chunk is parsed here while the worker starts (a fresh interpreter: a few
+        # tenths of a second at the first import of a process) and parses the second: the
+        # worker's first parse would otherwise be waited for with nothing else to do.
+        inflight.append((None, current[0], number, None))
+        number += current[1]
         submit(following)
         while inflight:
             future, lines, first, shared = inflight[0]

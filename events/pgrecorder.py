@@ -36,6 +36,22 @@ conflict) fails the statement, so nothing of the append is stored. The function 
 (re)created by ``create_table`` (run at every start, ``CREATE_TABLE=y``), under a
 transaction-level advisory lock so that processes starting together do not replace it at
 the same time.
+
+A large append (at least ``COPY_FROM`` events: a chunk of a Mixpanel import, about 4,000
+events and 3 MB of state per 50,000 lines) goes through ``COPY ... FROM STDIN (FORMAT
+BINARY)`` instead, in one transaction on the same connection: ``SET LOCAL lock_timeout``,
+``LOCK TABLE ... IN EXCLUSIVE MODE`` and ``NOTIFY`` (one message, as above), the COPY of the
+four columns, then ``currval`` of the table's ``notification_id`` sequence, then COMMIT. The
+rows take their ids from the same column default (``nextval``) in the order they are copied,
+and under the EXCLUSIVE lock nothing else inserts meanwhile, so they are the ``n`` ids ending
+at ``currval``, consecutive, as the INSERT returned them. A unique violation (a version
+conflict) fails the COPY and the transaction is rolled back: nothing of the append is stored.
+Measured on the 20 appends of a 1,000,000-event import (77,484 events, 60 MB of state,
+replayed on a fresh table): PostgreSQL's CPU 1.2-1.7 s through the function, 0.84-0.94 s by
+COPY (the server parses no ``bytea[]`` array, unnests nothing, and keeps no result set of
+ids), the importing process's 0.27-0.36 s against 0.20-0.24 s. Below ``COPY_FROM`` events the
+five round trips would cost more than they save: webhook deliveries and single commands keep
+the function.
 """
 
 from __future__ import annotations
@@ -49,7 +65,9 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Identifier, Literal
+
+COPY_FROM = 1000  # events in one append from which COPY is used (see module doc)
 
 
 class UnpipelinedPostgresApplicationRecorder(PostgresApplicationRecorder):
@@ -79,6 +97,17 @@ class UnpipelinedPostgresApplicationRecorder(PostgresApplicationRecorder):
             "SELECT * FROM {function}(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[], %s)"
         ).format(function=function, id_type=SQL(self.datastore.originator_id_type))
         self.append_lock_timeout = f"{self.datastore.lock_timeout}s"
+        self.copy_prologue = SQL(
+            "SELECT set_config('lock_timeout', {timeout}, true); LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE;"
+            " NOTIFY {channel}"
+        ).format(timeout=Literal(self.append_lock_timeout), schema=schema, table=table,
+                 channel=Identifier(self.channel_name))  # fmt: skip
+        self.copy_statement = SQL(
+            "COPY {schema}.{table} (originator_id, originator_version, topic, state) FROM STDIN (FORMAT BINARY)"
+        ).format(schema=schema, table=table)
+        self.copy_types = [self.datastore.originator_id_type, "int8", "text", "bytea"]
+        self.last_id_statement = SQL("SELECT currval(pg_get_serial_sequence({table}, 'notification_id')) AS last").format(
+            table=Literal(Identifier(self.datastore.schema, self.events_table_name).as_string()))
         self.create_lock_key = zlib.crc32(f"cs-create-table:{self.datastore.schema}.{self.events_table_name}".encode())
 
     def _create_table(self, curs: Cursor[DictRow]) -> None:
@@ -93,6 +122,8 @@ class UnpipelinedPostgresApplicationRecorder(PostgresApplicationRecorder):
             return super().insert_events(stored_events, **kwargs)
         if not stored_events:
             return None
+        if len(stored_events) >= COPY_FROM:
+            return self._copy_events(stored_events)
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             assert conn.autocommit  # the statement is its own transaction
             curs.execute(self.append_statement, (
@@ -100,3 +131,18 @@ class UnpipelinedPostgresApplicationRecorder(PostgresApplicationRecorder):
                 [e.topic for e in stored_events], [e.state for e in stored_events], self.append_lock_timeout,
             ), prepare=True)  # fmt: skip
             return [row[self.append_function_name] for row in curs.fetchall()]
+
+    def _copy_events(self, stored_events: Sequence[StoredEvent]) -> list[int]:
+        """A large append by COPY, in one transaction (see module doc); the notification ids in order."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(self.copy_prologue, prepare=False)  # three statements, no parameters: one round trip
+            with curs.copy(self.copy_statement) as copy:
+                copy.set_types(self.copy_types)
+                write_row = copy.write_row
+                for e in stored_events:
+                    write_row((e.originator_id, e.originator_version, e.topic, e.state))
+            curs.execute(self.last_id_statement, prepare=False)
+            row = curs.fetchone()
+            assert row is not None
+            last: int = row["last"]
+        return list(range(last - len(stored_events) + 1, last + 1))

@@ -12,6 +12,7 @@ from uuid import uuid4
 import pytest
 from eventsourcing.persistence import IntegrityError
 
+from events.pgrecorder import COPY_FROM
 from events.signals import UsageDay
 from mcp_server.services import Services
 
@@ -56,13 +57,21 @@ def test_load_many_matches_repository_get_and_leaves_absent_ids_out(services: Se
     assert services.app.load_many([]) == {}
 
 
-def test_append_stores_the_mapped_events_in_order_under_consecutive_ids(services: Services) -> None:
-    """What the recorder writes (PostgreSQL: binary column arrays) is byte for byte what the
-    mapper made, in the order given, numbered from the head on with no gap; states with quotes,
-    backslashes, braces, commas and non-ASCII text (what a composite text literal escapes)."""
+# Days per append: a few (PostgreSQL: the append function, binary column arrays) and enough for
+# COPY_FROM events (PostgreSQL: COPY in binary). Two events per day.
+APPEND_SIZES = [5, COPY_FROM // 2 + 1]
+
+
+@pytest.mark.parametrize("size", APPEND_SIZES)
+def test_append_stores_the_mapped_events_in_order_under_consecutive_ids(services: Services, size: int) -> None:
+    """What the recorder writes (PostgreSQL: binary column arrays, or COPY for a large append) is
+    byte for byte what the mapper made, in the order given, numbered from the head on with no
+    gap; states with quotes, backslashes, braces, commas and non-ASCII text (what a composite
+    text literal escapes)."""
     app = services.app
+    app.save(_usage_day(str(uuid4()), "2026-02-01", ["before"]))  # the head is not 0: ids continue from it
     awkward = {'Report "Q1", {draft}': 2, "C:\\exports\\x": 1, "Übersicht — 日本": 3, "(a,b)": 1}
-    days = [UsageDay(customer_id=str(uuid4()), account="", day=f"2026-03-{d:02d}", **KW) for d in range(1, 6)]
+    days = [UsageDay(customer_id=str(uuid4()), account="", day=f"2026-03-{d % 28 + 1:02d}", **KW) for d in range(size)]
     for d, day in enumerate(days):
         day.count(events=d + 1, sessions=0, users=[f"u{d}"], features=awkward, insert_ids=[f"{d}-x"], **KW)
     head = app.last_position()
@@ -72,7 +81,7 @@ def test_append_stores_the_mapped_events_in_order_under_consecutive_ids(services
     recordings = app.save(*days)
 
     assert [r.notification.id for r in recordings] == list(range(head + 1, head + 1 + len(expected)))
-    stored = app.recorder.select_notifications(head + 1, limit=100)
+    stored = app.recorder.select_notifications(head + 1, limit=len(expected) + 10)
     assert [n.id for n in stored] == list(range(head + 1, head + 1 + len(expected)))
     assert [(n.originator_id, n.originator_version, n.topic, bytes(n.state)) for n in stored] == [
         (e.originator_id, e.originator_version, e.topic, e.state) for e in expected]
@@ -80,7 +89,8 @@ def test_append_stores_the_mapped_events_in_order_under_consecutive_ids(services
     assert again.version == 2 and again.seen_users == {"u2"}
 
 
-def test_append_with_a_version_conflict_raises_and_stores_nothing(services: Services) -> None:
+@pytest.mark.parametrize("size", APPEND_SIZES)
+def test_append_with_a_version_conflict_raises_and_stores_nothing(services: Services, size: int) -> None:
     app = services.app
     first = _usage_day(str(uuid4()), "2026-03-02", ["a"])
     app.save(first)
@@ -89,12 +99,13 @@ def test_append_with_a_version_conflict_raises_and_stores_nothing(services: Serv
     rival.count(events=1, sessions=0, users=["u1"], features={}, insert_ids=["c"], **KW)
     app.save(rival)
     head = app.last_position()
-    bystander = _usage_day(str(uuid4()), "2026-03-03", ["z"])  # appended with the conflict: must not be stored
+    # appended with the conflict (the last event): none of them may be stored
+    bystanders = [_usage_day(str(uuid4()), "2026-03-03", ["z"]) for _ in range(size)]
 
     with pytest.raises(IntegrityError):
-        app.save(bystander, first)
+        app.save(*bystanders, first)
 
     assert app.last_position() == head
-    assert not app.exists(bystander.id)
+    assert not any(app.exists(b.id) for b in bystanders)
     assert app.repository.get(first.id).seen_inserts == {"a", "c"}
     assert app.save(_usage_day(str(uuid4()), "2026-03-04", ["y"]))[-1].notification.id > head  # still usable

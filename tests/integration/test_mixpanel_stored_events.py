@@ -19,6 +19,7 @@ Regenerate the pinned events (only when a change of the stored events is intende
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import random
@@ -141,6 +142,36 @@ def test_a_day_another_writer_appends_to_between_chunks_is_read_again(settings: 
     acme_day = next(r for r in expected if r[:3] == (ACME, "", day))
     with_rival = (*acme_day[:3], acme_day[3] + 1, *acme_day[4:6], tuple(sorted([*acme_day[6], ("Rival Feature", 1)])))
     assert rows == expected - {acme_day} | {with_rival}
+
+
+def test_an_import_stopped_between_chunks_leaves_no_commit_behind(settings: Settings) -> None:
+    """When the caller stops an import at a chunk's report (here its progress callback raises),
+    no later chunk is committed (the worker may have parsed some already), the cyclic
+    collector, off for the import, is on again, and importing the file again records exactly
+    the rest (every event once in the end)."""
+    lines = _big_mixpanel_lines()
+    expected, _, _, _ = _usage_expected(lines)
+    text = "\n".join(lines) + "\n"
+    with open_services(settings) as svc:
+        register_customers(svc)
+        ingestion = Ingestion(svc.app, CustomerDirectory(svc.store), settings, actor="test", usage_chunk=300)
+        positions: list[int] = []
+
+        def stop_at_the_second_report(received: int) -> None:
+            positions.append(svc.app.last_position())
+            if len(positions) == 2:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            ingestion.import_file("mixpanel", io.StringIO(text), "big.jsonl", stop_at_the_second_report)
+        assert positions[0] < positions[1] == svc.app.last_position()  # two chunks stored, nothing after
+        assert gc.isenabled()
+        stored_before = sum(r[3] for r in _usage_rows(svc))
+        rest = ingestion.import_file("mixpanel", io.StringIO(text), "big.jsonl")
+        assert _usage_rows(svc) == expected
+        again = ingestion.import_file("mixpanel", io.StringIO(text), "big.jsonl")
+    assert 0 < stored_before and stored_before + rest.recorded == sum(r[3] for r in expected)
+    assert again.recorded == 0
 
 
 if __name__ == "__main__":  # regenerate the pinned events (see the module doc)

@@ -19,6 +19,7 @@ from psycopg import sql
 
 from events.application import CustomerSuccess
 from events.personal import build_codec
+from events.pgrecorder import COPY_FROM
 from events.settings import Settings
 from events.signals import UsageDay
 from mcp_server.services import Services, open_services
@@ -49,7 +50,12 @@ def _waiting_on_a_lock(url: str) -> bool:
     return bool(row and row[0])
 
 
-def test_an_append_waits_for_the_tables_exclusive_lock(pg: Services) -> None:
+# Days (two events each) per append: one (the append function) and enough for COPY_FROM events (COPY).
+DAYS = [1, COPY_FROM // 2]
+
+
+@pytest.mark.parametrize("days", DAYS)
+def test_an_append_waits_for_the_tables_exclusive_lock(pg: Services, days: int) -> None:
     """While another transaction holds the events table in EXCLUSIVE mode (as an append does
     until it commits), an append waits and stores nothing; once that transaction ends it
     stores its events under the next ids."""
@@ -57,10 +63,11 @@ def test_an_append_waits_for_the_tables_exclusive_lock(pg: Services) -> None:
     assert url is not None
     table = sql.Identifier(app.recorder.datastore.schema, app.recorder.events_table_name)
     head = app.last_position()
-    day = _day()
+    group = [_day() for _ in range(days)]
+    day = group[-1]
     with psycopg.connect(url) as blocker, ThreadPoolExecutor(1) as pool:
         blocker.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(table))
-        pending = pool.submit(app.save, day)
+        pending = pool.submit(app.save, *group)
         deadline = time.monotonic() + WAIT_S
         while not _waiting_on_a_lock(url):
             assert not pending.done(), "the append did not wait for the lock"
@@ -69,19 +76,21 @@ def test_an_append_waits_for_the_tables_exclusive_lock(pg: Services) -> None:
         assert app.last_position() == head
         blocker.commit()
         recordings = pending.result(timeout=WAIT_S)
-    assert [r.notification.id for r in recordings] == [head + 1, head + 2]
+    assert [r.notification.id for r in recordings] == list(range(head + 1, head + 1 + 2 * days))
     assert app.repository.get(day.id).version == 2
 
 
-def test_an_append_notifies_the_tables_channel(pg: Services) -> None:
-    """As the library's append does: listeners of the channel hear of every append."""
+@pytest.mark.parametrize("days", DAYS)
+def test_an_append_notifies_the_tables_channel(pg: Services, days: int) -> None:
+    """As the library's append does: listeners of the channel hear of every append, once."""
     recorder, url = pg.app.recorder, pg.settings.database_url
     assert url is not None
     with psycopg.connect(url, autocommit=True) as listener:
         listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(recorder.channel_name)))
-        pg.app.save(_day())
-        heard = list(listener.notifies(timeout=WAIT_S, stop_after=1))
-    assert [n.channel for n in heard] == [recorder.channel_name]
+        pg.app.save(*(_day() for _ in range(days)))
+        pg.app.save(_day())  # a second append: a second message (and none more for the first)
+        heard = list(listener.notifies(timeout=WAIT_S, stop_after=2))
+    assert [n.channel for n in heard] == [recorder.channel_name] * 2
 
 
 def test_opening_the_store_creates_the_append_function_also_on_an_older_database(settings: Settings) -> None:

@@ -12,6 +12,7 @@ import hmac
 import io
 import json
 import pickle
+import threading
 from multiprocessing.shared_memory import SharedMemory
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -619,3 +620,26 @@ def test_collector_paused_restores_the_collector_as_it_was_even_on_error() -> No
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_overlapping_pauses_keep_the_collector_off_until_the_last_ends() -> None:
+    """A pause that ends while another (here: another thread's) is still on leaves the collector
+    off; it is on again once both ended, whichever ends first."""
+    first_in, second_done = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def other() -> None:
+        with collector_paused():
+            first_in.set()
+            second_done.wait(timeout=30)
+            seen.append(gc.isenabled())  # the main thread's pause is over, this one is not
+        seen.append(gc.isenabled())
+
+    thread = threading.Thread(target=other)
+    with collector_paused():
+        thread.start()
+        assert first_in.wait(timeout=30)
+    assert not gc.isenabled()  # the other thread's pause is still on
+    second_done.set()
+    thread.join(timeout=30)
+    assert seen == [False, True] and gc.isenabled()
