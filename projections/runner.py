@@ -188,8 +188,11 @@ class ProjectionEngine:
         # the runners stay in step instead of each reading and decoding them separately.
         head = self.app.last_position()
         processed = self._catch_up_together([r for r in runners if r.failure is None], progress)
+        positions = self.store.checkpoints()  # one read, not one per runner: most are at the head now
         stopped = None
         for runner in runners:  # whatever the shared pass left: each on its own (and stops, if it must)
+            if runner.failure is None and positions.get(runner.projection.name, 0) >= head:
+                continue
             try:
                 processed += runner.catch_up(progress, until=head)
             except ProjectionStoppedError as exc:
@@ -213,8 +216,10 @@ class ProjectionEngine:
             # this one ended.
             reader = held.enter_context(ThreadPoolExecutor(1, thread_name_prefix="cs-read-ahead"))
             ahead: tuple[tuple[int, bool], Future[_Read]] | None = None
+            # Read once: only the holder of a runner's lock moves its checkpoint, and these runners'
+            # locks are held here (a checkpoint moved anyway fails the batch's UPDATE: a conflict).
+            positions = self.store.checkpoints()
             while True:
-                positions = self.store.checkpoints()
                 start = min((positions.get(r.projection.name, 0) for r in runners), default=0)
                 group = [r for r in runners if positions.get(r.projection.name, 0) == start and r.failure is None]
                 if len(group) < 2:
@@ -238,10 +243,11 @@ class ProjectionEngine:
                         tx.defer_inserts = True  # rows written per table, not per event
                         for runner in group:
                             runner.projection.handle_batch(tx, raw_items if runner.projection.raw else items)
-                            tx.move_checkpoint(runner.projection.name, start, batch[-1].id)
+                        tx.move_checkpoints([r.projection.name for r in group], start, batch[-1].id)
                 except Exception as exc:  # noqa: BLE001 - the runners one by one find and report it
                     log.info("projections.shared_pass_fell_back", position=start, error=f"{type(exc).__name__}: {exc}")
                     return processed
+                positions.update((r.projection.name, batch[-1].id) for r in group)
                 processed += len(batch) * len(group)
                 if progress:
                     progress(len(batch) * len(group))
@@ -288,10 +294,11 @@ class ProjectionEngine:
 
     def status(self) -> list[dict[str, Any]]:
         head = self.app.last_position()
+        positions = self.store.checkpoints()
         return [
             {
                 "projection": name,
-                "position": (cp := runner.checkpoint()),
+                "position": (cp := positions.get(name, 0)),
                 "lag": head - cp,
                 "owned": runner.owned,
                 "stopped_at": runner.failure.position if runner.failure else None,
