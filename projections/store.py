@@ -73,7 +73,9 @@ class Tx:
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self._held:
             self.flush()
-        if rows:
+        if len(rows) == 1:  # (psycopg's executemany enters pipeline mode: for one row, a cost for nothing)
+            self._cursor.execute(self._sql(sql), tuple(rows[0]))
+        elif rows:
             self._cursor.executemany(self._sql(sql), [tuple(r) for r in rows])
 
     def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], on_conflict: str = "") -> None:

@@ -382,3 +382,28 @@ def test_checkpoints_of_a_pass_move_together_or_not_at_all(services: Services) -
         tx.move_checkpoints(names, 5, 9)
     assert [store.checkpoint(n) for n in names] == [5, 7, 5]
     assert store.read("SELECT COUNT(*) FROM t_pass_rows") == [(0,)]  # the pass's rows were rolled back with it
+
+
+def test_a_log_longer_than_a_batch_folds_as_in_slices(services: Services) -> None:
+    """More events than one batch: the shared pass reads the second batch ahead in another thread
+    while it writes the first (a pass of a few events reads in its own thread). Same views as
+    slices of the log folded one after the other, and every checkpoint at the head."""
+    from connectors.service import Ingestion
+    from projections.profile import CustomerDirectory
+    from projections.runner import BATCH_SIZE
+    from tests.integration.test_health_model import ZTicket, account, at, load_customers, zendesk_json
+
+    load_customers(services, [account("acme"), account("globex")])
+    first = date(2026, 2, 2)
+    tickets = [ZTicket(i, ("acme", "globex")[i % 2], at(first), at(first + timedelta(days=i % 20), i % 24),
+                       status=("new", "open", "solved")[i % 3]) for i in range(1, BATCH_SIZE + 300)]  # fmt: skip
+    ingestion = Ingestion(services.app, CustomerDirectory(services.store), services.settings, actor="test")
+    assert not ingestion.import_file("zendesk", io.StringIO(zendesk_json(tickets)), "tickets.json").rejected
+    head = services.app.last_position()
+    assert head - services.store.checkpoint("support_v1") > BATCH_SIZE
+
+    services.engine.catch_up()
+    assert set(services.store.checkpoints().values()) == {head}
+    folded = _rows(services)
+    assert len(folded["cs_tickets_v1"]) == len(tickets)
+    assert _refold(services, 1_000) == folded
