@@ -352,14 +352,22 @@ class ProjectionEngine:
                     tx.execute(statement)
 
     # ------------------------------------------------------------ background loop
-    def start(self, poll_interval: float = 0.5, min_interval: float = MIN_PASS_INTERVAL) -> None:
+    def start(self, poll_interval: float = 0.5, min_interval: float = MIN_PASS_INTERVAL,
+              busy_interval: float | None = None) -> None:
         """Keep owned projections current in a daemon thread; retry unowned locks.
 
         Passes start at most every ``min_interval`` seconds: under a stream of small writes
         (webhooks) a wake() per write would fold a few events per pass, and a pass has a fixed
         cost (checkpoints, one transaction over every projection, a commit); waiting a little
         folds them in fewer, larger batches. A lone write is folded at once; reads stay
-        current anyway (``ensure_current`` folds what is missing itself)."""
+        current anyway (``ensure_current`` folds what is missing itself).
+
+        ``busy_interval`` (seconds; `cs worker`, where no wake() reaches the loop): each pass stops
+        at the head as it was when the pass started, and after a pass that folded something the
+        next one starts ``busy_interval`` later instead of at the next poll. Without it a pass goes
+        on while events keep coming, and waits a whole poll once one read finds nothing new, which
+        under a steady stream of webhooks made passes of a few events alternate with bursts of a
+        poll's worth of them."""
         if self._thread is not None:
             return
         self._stop.clear()
@@ -375,13 +383,14 @@ class ProjectionEngine:
                 for runner in self.runners.values():
                     if not runner.owned:
                         runner.try_own()
+                folded = 0
                 try:
-                    self.catch_up()
+                    folded = self._catch_up([r for r in self.runners.values() if r.owned], chase=busy_interval is None)
                 except ProjectionStoppedError:
                     pass  # logged once by the runner; reads report it
                 except Exception as exc:  # database unavailable: keep trying, loudly
                     log.warning("projections.catch_up_failed", error=str(exc))
-                self._wake.wait(poll_interval)
+                self._wake.wait(busy_interval if folded and busy_interval is not None else poll_interval)
 
         def relay_loop() -> None:  # its own thread: a slow sink never delays the views
             while not self._stop.is_set():

@@ -407,3 +407,42 @@ def test_a_log_longer_than_a_batch_folds_as_in_slices(services: Services) -> Non
     folded = _rows(services)
     assert len(folded["cs_tickets_v1"]) == len(tickets)
     assert _refold(services, 1_000) == folded
+
+
+def test_a_pass_bounded_at_a_position_folds_up_to_it_and_the_next_one_goes_on(services: Services) -> None:
+    """The background loop of `cs worker` folds each pass up to the head as it was when the pass
+    started (``until``): the checkpoints stop exactly there, and the next pass folds the rest; the
+    views are then those of one pass over the whole log."""
+    _populate(services)
+    engine = services.engine
+    runners = list(engine.runners.values())
+    middle, head = services.app.last_position() // 2, services.app.last_position()
+    positions = services.store.checkpoints()
+    engine._catch_up_together(runners, None, positions, until=middle)
+    assert set(services.store.checkpoints().values()) == {middle} and set(positions.values()) == {middle}
+    assert services.engine.catch_up() == len(runners) * (head - middle)
+    assert set(services.store.checkpoints().values()) == {head}
+    folded = _rows(services)
+    services.engine.rebuild()
+    assert _rows(services) == folded
+
+
+def test_the_worker_loop_keeps_the_views_current_under_a_stream_of_writes(services: Services) -> None:
+    """``start(busy_interval=...)``, as `cs worker` runs it: passes bounded at the head, the next one
+    soon after a pass that folded something. Writes made while it runs all reach the views, which
+    are those of a rebuild."""
+    app, engine = services.app, services.engine
+    engine.start(poll_interval=0.2, busy_interval=0.01)
+    try:
+        for i in range(30):
+            app.register_customer({"external_key": f"s{i:02d}", "name": f"Stream {i}", "arr": i}, META)
+            if i % 3 == 0:
+                app.update_customer(f"s{i:02d}", {"seats": i + 1}, META)
+        engine.wait_for(app.last_position(), timeout=20)
+    finally:
+        engine.stop()
+    folded = _rows(services)
+    assert len(folded["cs_customers_v1"]) == 30
+    engine.own()
+    engine.rebuild()
+    assert _rows(services) == folded
