@@ -179,9 +179,8 @@ class WebhookReceiver:
         self._thread.start()
 
     def _customers_version(self) -> tuple[int, int]:
-        with self.svc.store.snapshot() as tx:
-            row = tx.fetchone(f"SELECT COUNT(*) AS n, MAX(last_position) AS last FROM {CUSTOMERS}")
-        return (int(row["n"]), int(row["last"] or 0)) if row else (0, 0)
+        rows = self.svc.store.read(f"SELECT COUNT(*), MAX(last_position) FROM {CUSTOMERS}")  # one statement
+        return (int(rows[0][0]), int(rows[0][1] or 0)) if rows else (0, 0)
 
     def _refresh_directory(self) -> None:
         checkpoint = self.svc.store.checkpoint("customer_profile_v1")

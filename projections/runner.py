@@ -182,14 +182,27 @@ class ProjectionEngine:
         """Run every owned projection to the head; raise the first stop, after trying all."""
         return self._catch_up([r for r in self.runners.values() if r.owned])
 
-    def _catch_up(self, runners: Sequence[CatchUpRunner], progress: Callable[[int], None] | None = None) -> int:
+    def _catch_up(self, runners: Sequence[CatchUpRunner], progress: Callable[[int], None] | None = None,
+                  chase: bool = True) -> int:
+        """Fold ``runners`` to the head. The shared pass goes on past the head as it was at the start
+        while events keep coming (``chase``), or stops there (the background loop: what comes during
+        a pass is left to the next one, whose batch is then larger)."""
         # Each runner on its own goes no further than the head as it was before the shared pass:
         # events appended meanwhile (a stream of webhooks) are left to the next shared pass, so
         # the runners stay in step instead of each reading and decoding them separately.
         head = self.app.last_position()
-        processed = self._catch_up_together([r for r in runners if r.failure is None], progress)
+        # Read once, and kept up to date by the shared pass: only the holder of a runner's lock moves
+        # its checkpoint, and these runners' locks are held here (a checkpoint moved anyway fails the
+        # batch's conditional UPDATE: a conflict, and the runners one by one read it again).
+        positions = self.store.checkpoints()
+        if all(r.failure is None and positions.get(r.projection.name, 0) >= head for r in runners):
+            return 0  # nothing to fold (the idle poll): one read of the head, one of the checkpoints
+        processed = self._catch_up_together([r for r in runners if r.failure is None], progress, positions,
+                                            until=None if chase else head)  # fmt: skip
         stopped = None
         for runner in runners:  # whatever the shared pass left: each on its own (and stops, if it must)
+            if runner.failure is None and positions.get(runner.projection.name, 0) >= head:
+                continue  # at the head already: not read again one by one
             try:
                 processed += runner.catch_up(progress, until=head)
             except ProjectionStoppedError as exc:
@@ -198,36 +211,42 @@ class ProjectionEngine:
             raise stopped
         return processed
 
-    def _catch_up_together(self, runners: Sequence[CatchUpRunner], progress: Callable[[int], None] | None) -> int:
-        """Fold the projections that stand at the same checkpoint in one pass over the log: each
-        batch is read and decoded once, and applied to all of them in one transaction that also
-        moves each checkpoint. The result is what each runner would write on its own (a fold
-        sees only its own rows); it is just cheaper. On any failure the batch is rolled back and
-        left to the runners one by one, which apply what precedes a failing event and stop there."""
+    def _catch_up_together(self, runners: Sequence[CatchUpRunner], progress: Callable[[int], None] | None,
+                           positions: dict[str, int], until: int | None = None) -> int:
+        """Fold the projections that stand at the same checkpoint in one pass over the log (up to
+        position ``until``, when given): each batch is read and decoded once, and applied to all of
+        them in one transaction that also moves their checkpoints (``positions``, updated here). The
+        result is what each runner would write on its own (a fold sees only its own rows); it is just
+        cheaper. On any failure the batch is rolled back and left to the runners one by one, which
+        apply what precedes a failing event and stop there."""
         processed = 0
         with ExitStack() as held:
             for runner in sorted(runners, key=lambda r: r.projection.name):
                 held.enter_context(runner._mutex)
-            # The next batch is read and decoded in another thread while this one is written (the
-            # driver releases the GIL while it waits on the database), then used if it starts where
-            # this one ended.
-            reader = held.enter_context(ThreadPoolExecutor(1, thread_name_prefix="cs-read-ahead"))
+            # After a full batch, the next one is read and decoded in another thread while this one is
+            # written (the driver releases the GIL while it waits on the database), then used if it
+            # starts where this one ended. A pass of a few events reads in this thread: no thread to
+            # start and hand over to.
+            reader: ThreadPoolExecutor | None = None
             ahead: tuple[tuple[int, bool], Future[_Read]] | None = None
             while True:
-                positions = self.store.checkpoints()
                 start = min((positions.get(r.projection.name, 0) for r in runners), default=0)
                 group = [r for r in runners if positions.get(r.projection.name, 0) == start and r.failure is None]
-                if len(group) < 2:
+                if len(group) < 2 or (until is not None and start >= until):
                     return processed
                 decode = any(not r.projection.raw for r in group)
                 wanted = (start, decode)
-                future = ahead[1] if ahead is not None and ahead[0] == wanted else reader.submit(self._read, start, decode)
+                if ahead is not None and ahead[0] == wanted:
+                    batch, decoded, error = ahead[1].result()
+                else:
+                    batch, decoded, error = self._read(start, decode, until)
                 ahead = None
-                batch, decoded, error = future.result()
                 if not batch:
                     return processed
                 if len(batch) == BATCH_SIZE:  # more may follow
-                    ahead = ((batch[-1].id, decode), reader.submit(self._read, batch[-1].id, decode))
+                    if reader is None:
+                        reader = held.enter_context(ThreadPoolExecutor(1, thread_name_prefix="cs-read-ahead"))
+                    ahead = ((batch[-1].id, decode), reader.submit(self._read, batch[-1].id, decode, until))
                 try:
                     if error is not None:
                         raise error
@@ -238,17 +257,18 @@ class ProjectionEngine:
                         tx.defer_inserts = True  # rows written per table, not per event
                         for runner in group:
                             runner.projection.handle_batch(tx, raw_items if runner.projection.raw else items)
-                            tx.move_checkpoint(runner.projection.name, start, batch[-1].id)
+                        tx.move_checkpoints([r.projection.name for r in group], start, batch[-1].id)
                 except Exception as exc:  # noqa: BLE001 - the runners one by one find and report it
                     log.info("projections.shared_pass_fell_back", position=start, error=f"{type(exc).__name__}: {exc}")
                     return processed
+                positions.update((r.projection.name, batch[-1].id) for r in group)
                 processed += len(batch) * len(group)
                 if progress:
                     progress(len(batch) * len(group))
 
-    def _read(self, start: int, decode: bool) -> _Read:
-        """The batch after ``start``, its events decoded (when ``decode``), or the decoding error."""
-        batch = read_after(self.app.recorder, start, BATCH_SIZE)
+    def _read(self, start: int, decode: bool, until: int | None = None) -> _Read:
+        """The batch after ``start`` (up to ``until``), its events decoded (when ``decode``), or the decoding error."""
+        batch = read_after(self.app.recorder, start, BATCH_SIZE, stop=until)
         try:
             return batch, [self.mapper.to_domain_event(n) for n in batch] if decode else [], None
         except Exception as exc:  # noqa: BLE001 - raised where the batch is applied, as before
@@ -288,10 +308,11 @@ class ProjectionEngine:
 
     def status(self) -> list[dict[str, Any]]:
         head = self.app.last_position()
+        positions = self.store.checkpoints()
         return [
             {
                 "projection": name,
-                "position": (cp := runner.checkpoint()),
+                "position": (cp := positions.get(name, 0)),
                 "lag": head - cp,
                 "owned": runner.owned,
                 "stopped_at": runner.failure.position if runner.failure else None,
@@ -331,14 +352,22 @@ class ProjectionEngine:
                     tx.execute(statement)
 
     # ------------------------------------------------------------ background loop
-    def start(self, poll_interval: float = 0.5, min_interval: float = MIN_PASS_INTERVAL) -> None:
+    def start(self, poll_interval: float = 0.5, min_interval: float = MIN_PASS_INTERVAL,
+              busy_interval: float | None = None) -> None:
         """Keep owned projections current in a daemon thread; retry unowned locks.
 
         Passes start at most every ``min_interval`` seconds: under a stream of small writes
         (webhooks) a wake() per write would fold a few events per pass, and a pass has a fixed
         cost (checkpoints, one transaction over every projection, a commit); waiting a little
         folds them in fewer, larger batches. A lone write is folded at once; reads stay
-        current anyway (``ensure_current`` folds what is missing itself)."""
+        current anyway (``ensure_current`` folds what is missing itself).
+
+        ``busy_interval`` (seconds; `cs worker`, where no wake() reaches the loop): each pass stops
+        at the head as it was when the pass started, and after a pass that folded something the
+        next one starts ``busy_interval`` later instead of at the next poll. Without it a pass goes
+        on while events keep coming, and waits a whole poll once one read finds nothing new, which
+        under a steady stream of webhooks made passes of a few events alternate with bursts of a
+        poll's worth of them."""
         if self._thread is not None:
             return
         self._stop.clear()
@@ -354,13 +383,14 @@ class ProjectionEngine:
                 for runner in self.runners.values():
                     if not runner.owned:
                         runner.try_own()
+                folded = 0
                 try:
-                    self.catch_up()
+                    folded = self._catch_up([r for r in self.runners.values() if r.owned], chase=busy_interval is None)
                 except ProjectionStoppedError:
                     pass  # logged once by the runner; reads report it
                 except Exception as exc:  # database unavailable: keep trying, loudly
                     log.warning("projections.catch_up_failed", error=str(exc))
-                self._wake.wait(poll_interval)
+                self._wake.wait(busy_interval if folded and busy_interval is not None else poll_interval)
 
         def relay_loop() -> None:  # its own thread: a slow sink never delays the views
             while not self._stop.is_set():

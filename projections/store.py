@@ -25,7 +25,8 @@ from events.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-BULK_ROWS = 200  # from this many rows, Tx.insert_many COPYs on PostgreSQL
+BULK_ROWS = 200  # from this many rows, Tx.insert_many with ON CONFLICT goes through a COPY on PostgreSQL
+COPY_ROWS = 2  # from this many rows, Tx.insert_many without it COPYs straight into the table on PostgreSQL
 CHECKPOINTS_DDL = "CREATE TABLE IF NOT EXISTS cs_checkpoints (name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
 
 
@@ -95,20 +96,23 @@ class Tx:
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self._held:
             self.flush()
-        if rows:
+        if len(rows) == 1:  # (psycopg's executemany enters pipeline mode: for one row, a cost for nothing)
+            self._cursor.execute(self._sql(sql), tuple(rows[0]))
+        elif rows:
             self._cursor.executemany(self._sql(sql), [tuple(r) for r in rows])
 
     def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], on_conflict: str = "") -> None:
         """INSERT ``rows`` (``on_conflict``: an ``ON CONFLICT ...`` clause; a conflict key at most once
-        in ``rows``). SQLite runs one prepared statement per row; PostgreSQL, from ``BULK_ROWS`` rows on,
-        COPYs them (into the table itself, or with ``on_conflict`` into a temporary table inserted from
-        in one statement), since a statement per row (even pipelined) costs more than the database's own work."""
+        in ``rows``). SQLite runs one prepared statement per row. PostgreSQL COPYs them: straight into
+        the table from ``COPY_ROWS`` rows on (a statement per row, even pipelined, costs the client and
+        the server two to three times a COPY's CPU per row, already at 20 rows), or with ``on_conflict``,
+        from ``BULK_ROWS`` rows on, into a temporary table inserted from in one statement."""
         if self._held:
             self.flush()
         if not rows:
             return
         names = ", ".join(columns)
-        if not self._pg or len(rows) < BULK_ROWS:
+        if not self._pg or len(rows) < (BULK_ROWS if on_conflict else COPY_ROWS):
             self.executemany(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))}) {on_conflict}", rows)
             return
         if not on_conflict:
@@ -166,10 +170,16 @@ class Tx:
 
     def move_checkpoint(self, name: str, expected: int, new: int) -> None:
         """Advance from ``expected`` to ``new``; anything else means another runner interfered."""
+        self.move_checkpoints([name], expected, new)
+
+    def move_checkpoints(self, names: Sequence[str], expected: int, new: int) -> None:
+        """Advance every one of ``names`` from ``expected`` to ``new`` in one statement; if any of
+        them is elsewhere, another runner interfered (and the caller's transaction is rolled back)."""
+        marks = ", ".join("?" * len(names))
         if self.execute(
-            "UPDATE cs_checkpoints SET position = ? WHERE name = ? AND position = ?", (new, name, expected)
-        ) != 1:
-            raise CheckpointConflictError(f"checkpoint of {name} is no longer at {expected}")
+            f"UPDATE cs_checkpoints SET position = ? WHERE name IN ({marks}) AND position = ?", (new, *names, expected)
+        ) != len(names):
+            raise CheckpointConflictError(f"checkpoint of {', '.join(names)} is no longer at {expected}")
 
 
 class RunnerLock(ABC):
@@ -234,14 +244,19 @@ class ViewStore(ABC):
             if tx.fetchone("SELECT position FROM cs_checkpoints WHERE name = ?", (name,)) is None:
                 tx.execute("INSERT INTO cs_checkpoints (name, position) VALUES (?, 0)", (name,))
 
-    def checkpoint(self, name: str) -> int:
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read-only statement (a statement sees one snapshot on its own; default:
+        in a :meth:`snapshot`)."""
         with self.snapshot() as tx:
-            return tx.get_checkpoint(name)
+            return tx.rows(sql, params)
+
+    def checkpoint(self, name: str) -> int:
+        rows = self.read("SELECT position FROM cs_checkpoints WHERE name = ?", (name,))
+        return int(rows[0][0]) if rows else 0
 
     def checkpoints(self) -> dict[str, int]:
         """Every projection's position, in one read."""
-        with self.snapshot() as tx:
-            return {r["name"]: int(r["position"]) for r in tx.fetchall("SELECT name, position FROM cs_checkpoints")}
+        return {name: int(position) for name, position in self.read("SELECT name, position FROM cs_checkpoints")}
 
 
 class _FileLock(RunnerLock):
@@ -433,6 +448,17 @@ class PostgresViewStore(ViewStore):
             finally:
                 if not conn.closed:  # (a broken connection is discarded by the pool anyway)
                     conn.isolation_level, conn.read_only = None, False
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One statement in autocommit on a pooled connection: one round trip, where a snapshot
+        costs three (BEGIN, the statement, COMMIT)."""
+        with self._pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                return conn.execute(sql.replace("?", "%s"), tuple(params)).fetchall()
+            finally:
+                if not conn.closed:  # (a broken connection is discarded by the pool anyway)
+                    conn.autocommit = False
 
     def runner_lock(self, name: str) -> RunnerLock:
         return _AdvisoryLock(self._locks, name)

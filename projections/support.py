@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from statistics import median
 from typing import Any
@@ -32,27 +33,58 @@ class SupportProjection(Projection):
         ]
 
     def handle(self, tx: Tx, event: Any, position: int) -> None:
-        if not isinstance(event, Ticket.Event):
-            return  # before any work: most of the log is usage and other signals
-        tid, at = str(event.originator_id), utc_iso(event.occurred_at)
-        if isinstance(event, Ticket.Opened):
-            tx.insert(
-                TICKETS, ("ticket_id", "customer_id", "vendor", "vendor_id", "match", "key_owner", "status", "priority",
-                          "subject", "channel", "opened_at", "updated_at"),
-                (tid, event.customer_id, event.vendor, event.vendor_id, event.match, event.key_owner, event.status,
-                 event.priority, event.subject, event.channel, at, at),
-            )  # fmt: skip
-        elif isinstance(event, Ticket.Changed):
-            tx.execute(f"UPDATE {TICKETS} SET status = ?, priority = ?, updated_at = ? WHERE ticket_id = ?",
-                       (event.status, event.priority, at, tid))  # fmt: skip
-        elif isinstance(event, Ticket.Solved):
-            tx.execute(f"UPDATE {TICKETS} SET solved_at = ?, updated_at = ? WHERE ticket_id = ?", (at, at, tid))
-        elif isinstance(event, Ticket.Reopened):
-            tx.execute(f"UPDATE {TICKETS} SET solved_at = NULL, status = ?, updated_at = ? WHERE ticket_id = ?",
-                       (event.status, at, tid))  # fmt: skip
-        elif isinstance(event, Ticket.Rated):
-            tx.execute(f"UPDATE {TICKETS} SET csat = ?, csat_raw = ?, rated_at = ? WHERE ticket_id = ?",
-                       (event.csat, event.raw_score, at, tid))  # fmt: skip
+        self.handle_batch(tx, [(event, position)])
+
+    def handle_batch(self, tx: Tx, items: Sequence[tuple[Any, int]]) -> None:
+        """The rows ``handle`` leaves event by event, in a few statements. Every change sets columns
+        to constants, so a ticket opened in this batch gets its changes applied before its row is
+        written (one insert per table for the batch), and a ticket opened before it gets the last
+        value each column was set to, in one UPDATE per set of columns. Those UPDATEs run before the
+        inserts, as they would have: a change that comes before its ticket's Opened (out of order)
+        finds no row, then as now."""
+        opened: dict[str, dict[str, Any]] = {}  # ticket id -> its row, for tickets opened in this batch
+        rows: list[dict[str, Any]] = []
+        earlier: dict[str, dict[str, Any]] = {}  # ticket id -> column -> the last value set, for the others
+        for event, _ in items:
+            if not isinstance(event, Ticket.Event):
+                continue  # most of the log is usage and other signals
+            tid, at = str(event.originator_id), utc_iso(event.occurred_at)
+            if isinstance(event, Ticket.Opened):
+                row = dict.fromkeys(COLUMNS) | {
+                    "ticket_id": tid, "customer_id": event.customer_id, "vendor": event.vendor,
+                    "vendor_id": event.vendor_id, "match": event.match, "key_owner": event.key_owner,
+                    "status": event.status, "priority": event.priority, "subject": event.subject,
+                    "channel": event.channel, "opened_at": at, "updated_at": at,
+                }  # fmt: skip
+                rows.append(row)
+                opened[tid] = row
+                continue
+            if isinstance(event, Ticket.Changed):
+                change = {"status": event.status, "priority": event.priority, "updated_at": at}
+            elif isinstance(event, Ticket.Solved):
+                change = {"solved_at": at, "updated_at": at}
+            elif isinstance(event, Ticket.Reopened):
+                change = {"solved_at": None, "status": event.status, "updated_at": at}
+            elif isinstance(event, Ticket.Rated):
+                change = {"csat": event.csat, "csat_raw": event.raw_score, "rated_at": at}
+            else:
+                continue
+            if tid in opened:
+                opened[tid].update(change)
+            else:
+                earlier.setdefault(tid, {}).update(change)
+        updates: dict[tuple[str, ...], list[list[Any]]] = {}
+        for tid, change in earlier.items():
+            columns = tuple(sorted(change))
+            updates.setdefault(columns, []).append([*(change[c] for c in columns), tid])
+        for columns, params in updates.items():
+            tx.executemany(f"UPDATE {TICKETS} SET {', '.join(f'{c} = ?' for c in columns)} WHERE ticket_id = ?", params)
+        for row in rows:
+            tx.insert(TICKETS, COLUMNS, [row[c] for c in COLUMNS])
+
+
+COLUMNS = ("ticket_id", "customer_id", "vendor", "vendor_id", "match", "key_owner", "status", "priority", "subject",
+           "channel", "opened_at", "solved_at", "csat", "csat_raw", "rated_at", "updated_at")  # fmt: skip
 
 
 def support_metrics(tx: Tx, customer_id: UUID, as_of: datetime, window_days: int = 90) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from collections import Counter
 from datetime import date, timedelta
 from typing import Any
 
@@ -266,3 +268,181 @@ def test_bulk_insert_keeps_every_value_as_given(services: Services) -> None:
     assert [(r["id"], r["txt"], r["big"], bool(r["flag"])) for r in got] == [
         (i, t + "!" if i < BULK_ROWS else t, b, f) for i, t, b, f, _ in rows]  # fmt: skip
     assert [(r["id"], r["x"]) for r in floats] == [(r[0], r[4]) for r in rows]
+
+
+# ------------------------------------------------------------ tickets: one pass == batches of any size == event by event
+def _refold(services: Services, size: int | None) -> dict[str, list[dict[str, Any]]]:
+    """Every view dropped and folded again from the whole log: in slices of ``size`` events, each
+    slice in its own transaction with its rows deferred as the runner writes them (handle_batch),
+    or (``size`` None) one event at a time through handle, as a runner locates a failing event."""
+    engine = services.engine
+    log = services.app.recorder.select_notifications(start=0, limit=10**6)
+    with services.store.transaction() as tx:
+        for runner in engine.runners.values():
+            runner.projection.drop(tx)
+            for statement in runner.projection.schema_for(services.store.backend):
+                tx.execute(statement)
+    if size is None:
+        with services.store.transaction() as tx:
+            for notification in log:
+                event = services.app.mapper.to_domain_event(notification)
+                for runner in engine.runners.values():
+                    runner.projection.handle(tx, notification if runner.projection.raw else event, notification.id)
+        return _rows(services)
+    for first in range(0, len(log), size):
+        part = log[first : first + size]
+        events = [(services.app.mapper.to_domain_event(n), n.id) for n in part]
+        with services.store.transaction() as tx:
+            tx.defer_inserts = True
+            for runner in engine.runners.values():
+                runner.projection.handle_batch(tx, [(n, n.id) for n in part] if runner.projection.raw else events)
+    return _rows(services)
+
+
+def test_ticket_views_are_the_same_in_one_pass_in_batches_of_any_size_and_event_by_event(services: Services) -> None:
+    """Tickets opened, changed, solved, reopened and rated, several changes of one ticket in one
+    import and changes of tickets opened in earlier imports: the views (the tickets view's rows
+    among them, which a batch writes in one UPDATE per set of columns and one insert) are the same
+    folded after each import, in one pass, in slices of 1 to 7 events, and event by event."""
+    from connectors.service import Ingestion
+    from events.signals import Ticket
+    from projections.profile import CustomerDirectory
+    from tests.integration.test_health_model import ZTicket, account, at, load_customers, zendesk_json
+
+    load_customers(services, [account("acme"), account("globex")])
+    day = date(2026, 2, 2)
+    imports = [
+        [ZTicket(1, "acme", at(day), at(day)), ZTicket(2, "globex", at(day, 13), at(day, 13), priority="high"),
+         ZTicket(3, "acme", at(day, 14), at(day, 15), status="solved", rating="good")],  # opened, solved, rated at once
+        [ZTicket(1, "acme", at(day), at(day, 16), status="pending", priority="urgent"),
+         ZTicket(2, "globex", at(day, 13), at(day, 17), status="solved", rating="bad"),
+         ZTicket(4, "globex", at(day, 18), at(day, 18), priority=None)],
+        [ZTicket(2, "globex", at(day, 13), at(day + timedelta(days=1)), status="open", rating="bad"),  # reopened
+         ZTicket(1, "acme", at(day), at(day + timedelta(days=1), 9), status="solved", rating="good"),
+         ZTicket(5, "unknown-org", at(day, 19), at(day, 20), status="pending")],  # matches no customer
+    ]  # fmt: skip
+    incremental: dict[str, list[dict[str, Any]]] = {}
+    for number, tickets in enumerate(imports):  # recorded without folding in between (the ingestion reads no view)
+        ingestion = Ingestion(services.app, CustomerDirectory(services.store), services.settings, actor="test")
+        report = ingestion.import_file("zendesk", io.StringIO(zendesk_json(tickets)), f"tickets-{number}.json")
+        assert not report.rejected, report.as_dict()
+        services.engine.catch_up()  # a pass per import: later imports change rows of earlier passes
+        incremental = _rows(services)
+    kinds = Counter(type(services.app.mapper.to_domain_event(n)).__qualname__
+                    for n in services.app.recorder.select_notifications(start=0, limit=10**6))  # fmt: skip
+    assert all(kinds[f"Ticket.{k}"] for k in ("Opened", "Changed", "Solved", "Reopened", "Rated")), kinds
+    tickets = {r["vendor_id"]: r for r in incremental["cs_tickets_v1"]}
+    assert tickets["1"]["status"] == "solved" and tickets["1"]["priority"] == "normal" and tickets["1"]["solved_at"]
+    assert tickets["2"]["status"] == "open" and tickets["2"]["solved_at"] is None and tickets["2"]["csat"] == 0.0
+    assert tickets["3"]["solved_at"] and tickets["3"]["csat"] == 1.0 and tickets["5"]["customer_id"] is None
+
+    services.engine.rebuild()  # the whole log in one pass
+    assert _rows(services) == incremental
+    for size in (1, 2, 3, 7):
+        assert _refold(services, size) == incremental, size
+    assert _refold(services, None) == incremental
+
+
+def test_inserts_of_a_few_rows_keep_every_value_as_given(services: Services) -> None:
+    """Tx.insert_many below and from COPY_ROWS rows (on PostgreSQL a statement per row, then a COPY
+    straight into the table: what a pass of a few webhooks writes) stores the values as given."""
+    from projections.store import COPY_ROWS
+
+    tricky = ["tab\there", "line\nbreak", "back\\slash", "\\N", "\\.", "", "é ☃ 𝄞"]
+    with services.store.transaction() as tx:
+        tx.execute("CREATE TABLE t_few (id BIGINT PRIMARY KEY, txt TEXT, big BIGINT, flag BOOLEAN, x DOUBLE PRECISION)")
+        first, expected = 0, []
+        for count in (1, COPY_ROWS - 1, COPY_ROWS, COPY_ROWS + 1, 7):
+            rows = [(first + i, tricky[(first + i) % len(tricky)], None if i % 2 else (first + i) * 10**12,
+                     i % 3 == 0, None if i % 4 == 1 else 0.1 * (first + i)) for i in range(count)]  # fmt: skip
+            tx.insert_many("t_few", ("id", "txt", "big", "flag", "x"), rows)
+            expected += rows
+            first += count
+        got = tx.rows("SELECT id, txt, big, flag, x FROM t_few ORDER BY id")
+    assert [(i, t, b, bool(f), x) for i, t, b, f, x in got] == expected
+
+
+def test_checkpoints_of_a_pass_move_together_or_not_at_all(services: Services) -> None:
+    """One statement moves every checkpoint of a shared pass; when one of them is not where the
+    pass started (another runner moved it), nothing of the pass is kept."""
+    from projections.store import CheckpointConflictError
+
+    store = services.store
+    names = ["t_pass_a", "t_pass_b", "t_pass_c"]
+    for name in names:
+        store.ensure_checkpoint(name)
+    with store.transaction() as tx:
+        tx.move_checkpoints(names, 0, 5)
+    assert [store.checkpoint(n) for n in names] == [5, 5, 5]
+    with store.transaction() as tx:
+        tx.execute("CREATE TABLE t_pass_rows (id BIGINT PRIMARY KEY)")
+        tx.move_checkpoint("t_pass_b", 5, 7)
+    with pytest.raises(CheckpointConflictError), store.transaction() as tx:
+        tx.insert("t_pass_rows", ("id",), (1,))
+        tx.move_checkpoints(names, 5, 9)
+    assert [store.checkpoint(n) for n in names] == [5, 7, 5]
+    assert store.read("SELECT COUNT(*) FROM t_pass_rows") == [(0,)]  # the pass's rows were rolled back with it
+
+
+def test_a_log_longer_than_a_batch_folds_as_in_slices(services: Services) -> None:
+    """More events than one batch: the shared pass reads the second batch ahead in another thread
+    while it writes the first (a pass of a few events reads in its own thread). Same views as
+    slices of the log folded one after the other, and every checkpoint at the head."""
+    from connectors.service import Ingestion
+    from projections.profile import CustomerDirectory
+    from projections.runner import BATCH_SIZE
+    from tests.integration.test_health_model import ZTicket, account, at, load_customers, zendesk_json
+
+    load_customers(services, [account("acme"), account("globex")])
+    first = date(2026, 2, 2)
+    tickets = [ZTicket(i, ("acme", "globex")[i % 2], at(first), at(first + timedelta(days=i % 20), i % 24),
+                       status=("new", "open", "solved")[i % 3]) for i in range(1, BATCH_SIZE + 300)]  # fmt: skip
+    ingestion = Ingestion(services.app, CustomerDirectory(services.store), services.settings, actor="test")
+    assert not ingestion.import_file("zendesk", io.StringIO(zendesk_json(tickets)), "tickets.json").rejected
+    head = services.app.last_position()
+    assert head - services.store.checkpoint("support_v1") > BATCH_SIZE
+
+    services.engine.catch_up()
+    assert set(services.store.checkpoints().values()) == {head}
+    folded = _rows(services)
+    assert len(folded["cs_tickets_v1"]) == len(tickets)
+    assert _refold(services, 1_000) == folded
+
+
+def test_a_pass_bounded_at_a_position_folds_up_to_it_and_the_next_one_goes_on(services: Services) -> None:
+    """The background loop of `cs worker` folds each pass up to the head as it was when the pass
+    started (``until``): the checkpoints stop exactly there, and the next pass folds the rest; the
+    views are then those of one pass over the whole log."""
+    _populate(services)
+    engine = services.engine
+    runners = list(engine.runners.values())
+    middle, head = services.app.last_position() // 2, services.app.last_position()
+    positions = services.store.checkpoints()
+    engine._catch_up_together(runners, None, positions, until=middle)
+    assert set(services.store.checkpoints().values()) == {middle} and set(positions.values()) == {middle}
+    assert services.engine.catch_up() == len(runners) * (head - middle)
+    assert set(services.store.checkpoints().values()) == {head}
+    folded = _rows(services)
+    services.engine.rebuild()
+    assert _rows(services) == folded
+
+
+def test_the_worker_loop_keeps_the_views_current_under_a_stream_of_writes(services: Services) -> None:
+    """``start(busy_interval=...)``, as `cs worker` runs it: passes bounded at the head, the next one
+    soon after a pass that folded something. Writes made while it runs all reach the views, which
+    are those of a rebuild."""
+    app, engine = services.app, services.engine
+    engine.start(poll_interval=0.2, busy_interval=0.01)
+    try:
+        for i in range(30):
+            app.register_customer({"external_key": f"s{i:02d}", "name": f"Stream {i}", "arr": i}, META)
+            if i % 3 == 0:
+                app.update_customer(f"s{i:02d}", {"seats": i + 1}, META)
+        engine.wait_for(app.last_position(), timeout=20)
+    finally:
+        engine.stop()
+    folded = _rows(services)
+    assert len(folded["cs_customers_v1"]) == 30
+    engine.own()
+    engine.rebuild()
+    assert _rows(services) == folded
