@@ -12,6 +12,7 @@ renaming these classes breaks replay, so version them instead of editing them.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -175,7 +176,13 @@ class Customer(Aggregate):
 
 def event_type(domain_event: object) -> str:
     """The public name of an event type: ``Customer.ContactAdded`` -> ``customer.contact_added``."""
-    aggregate, _, name = type(domain_event).__qualname__.rpartition(".")
+    return event_type_name(type(domain_event))
+
+
+@cache  # one per event class: the timeline and the Kafka envelope ask for it for every event
+def event_type_name(cls: type) -> str:
+    """:func:`event_type` of the events of class ``cls``."""
+    aggregate, _, name = cls.__qualname__.rpartition(".")
     return f"{_snake(aggregate)}.{_snake(name)}"
 
 

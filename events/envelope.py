@@ -37,7 +37,7 @@ import orjson
 from eventsourcing.persistence import JSONTranscoder
 from eventsourcing.utils import resolve_topic
 
-from events.domain import Customer, event_id, event_type
+from events.domain import Customer, event_id, event_type_name
 
 SCHEMA_VERSION = 1
 
@@ -137,16 +137,6 @@ class CustomerResolver:
         return customer
 
 
-_TYPE_NAMES: dict[type, str] = {}
-
-
-def _type_name(kind: type, domain_event: Any) -> str:
-    name = _TYPE_NAMES.get(kind)
-    if name is None:
-        name = _TYPE_NAMES[kind] = event_type(domain_event)
-    return name
-
-
 def to_envelope(
     notification: Any, domain_event: Any, resolve: Callable[[Any], str | None] = customer_of
 ) -> dict[str, Any]:
@@ -158,7 +148,7 @@ def to_envelope(
     return {
         "schema_version": SCHEMA_VERSION,
         "event_id": str(event_id(domain_event)),
-        "type": _type_name(type(domain_event), domain_event),
+        "type": event_type_name(type(domain_event)),
         "customer_id": resolve(domain_event),
         "occurred_at": iso_utc(occurred_at),
         "recorded_at": iso_utc(domain_event.timestamp),
@@ -275,7 +265,7 @@ class EnvelopeEncoder:
         if topic not in self._kinds:
             cls = resolve_topic(topic)
             plain = getattr(cls, "class_version", 1) == 1 and not hasattr(cls, "customer_id")
-            self._kinds[topic] = (event_type(object.__new__(cls)), issubclass(cls, Customer.Event)) if plain else None
+            self._kinds[topic] = (event_type_name(cls), issubclass(cls, Customer.Event)) if plain else None
         return self._kinds[topic]
 
     def reference(self, notification: Any) -> Record:

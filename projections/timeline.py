@@ -152,7 +152,7 @@ class TimelineProjection(Projection):
                     position,
                     customer_id,
                     str(event_id(event)),
-                    _TYPE_NAMES.get(type(event)) or _TYPE_NAMES.setdefault(type(event), event_type(event)),
+                    event_type(event),
                     utc_iso(event.occurred_at),
                     utc_iso(event.timestamp),
                     event.actor,
@@ -165,7 +165,6 @@ class TimelineProjection(Projection):
 
 
 IDS_PER_QUERY = 500  # well under SQLite's 32,766 bound variables per statement
-_TYPE_NAMES: dict[type, str] = {}  # event class -> event_type(): the same for every event of a class
 
 
 class TimelineView:
