@@ -129,9 +129,11 @@ class Tx:
         self._cursor.execute(f"TRUNCATE {staging}")
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return self._result(sql, params).dicts()
+
+    def _result(self, sql: str, params: Sequence[Any]) -> Rows:
         rows = self.rows(sql, params)
-        names = column_names(self._cursor)
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        return Rows(column_names(self._cursor), rows)  # (the names of this statement's result)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """:meth:`fetchall` as tuples in the statement's column order (no dict per row: bulk reads)."""
@@ -147,11 +149,7 @@ class Tx:
         if self._held:
             self.flush()
         if not self._pg:
-            results = []
-            for sql, params in statements:
-                rows = self.rows(sql, params)
-                results.append(Rows(column_names(self._cursor), rows))
-            return results
+            return [self._result(sql, params) for sql, params in statements]
         conn = self._cursor.connection
         with ExitStack() as cursors:
             opened = [cursors.enter_context(conn.cursor()) for _ in statements]
