@@ -80,28 +80,27 @@ class UnpipelinedPostgresApplicationRecorder(PostgresApplicationRecorder):
         self.append_function_name = f"{self.events_table_name}_append"
         self.check_identifier_length(self.append_function_name)
         function = Identifier(self.datastore.schema, self.append_function_name)
+        # What every append does before its rows go in, on both paths (the function and COPY).
+        lock_and_notify = SQL("LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; NOTIFY {channel};").format(
+            schema=schema, table=table, channel=Identifier(self.channel_name))
         self.sql_create_statements.append(SQL(
             "CREATE OR REPLACE FUNCTION {function}(p_ids {id_type}[], p_versions bigint[], p_topics text[],"
             " p_states bytea[], p_lock_timeout text) RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$"
             " BEGIN"
             " PERFORM set_config('lock_timeout', p_lock_timeout, true);"
-            " LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE;"
-            " NOTIFY {channel};"
+            " {lock_and_notify}"
             " RETURN QUERY INSERT INTO {schema}.{table} AS t (originator_id, originator_version, topic, state)"
             " SELECT * FROM unnest(p_ids, p_versions, p_topics, p_states) RETURNING t.notification_id;"
             " END;"
             " $BODY$"
         ).format(function=function, id_type=SQL(self.datastore.originator_id_type), schema=schema, table=table,
-                 channel=Identifier(self.channel_name)))  # fmt: skip
+                 lock_and_notify=lock_and_notify))  # fmt: skip
         self.append_statement = SQL(
             "SELECT * FROM {function}(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[], %s)"
         ).format(function=function, id_type=SQL(self.datastore.originator_id_type))
         self.append_lock_timeout = f"{self.datastore.lock_timeout}s"
-        self.copy_prologue = SQL(
-            "SELECT set_config('lock_timeout', {timeout}, true); LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE;"
-            " NOTIFY {channel}"
-        ).format(timeout=Literal(self.append_lock_timeout), schema=schema, table=table,
-                 channel=Identifier(self.channel_name))  # fmt: skip
+        self.copy_prologue = SQL("SELECT set_config('lock_timeout', {timeout}, true); {lock_and_notify}").format(
+            timeout=Literal(self.append_lock_timeout), lock_and_notify=lock_and_notify)
         self.copy_statement = SQL(
             "COPY {schema}.{table} (originator_id, originator_version, topic, state) FROM STDIN (FORMAT BINARY)"
         ).format(schema=schema, table=table)
