@@ -164,7 +164,8 @@ class Ingestion:
         """Commit raw events chunk by chunk of ``self.usage_chunk`` lines (numbered from 1);
         only the last chunk carries the new cursor, so a sync killed between chunks re-reads
         the day (duplicates count once). From two chunks on, a worker process parses the next
-        chunk while this one is rolled up and committed (connectors/workers.py)."""
+        chunk while this one is rolled up and committed (connectors/workers.py). Callers hold the
+        cyclic collector off around the whole run (``workers.collector_paused``, see import_file)."""
         matches: dict[str | None, Match] = {}
         carry = UsageCarry()  # user digests and the days just committed, from chunk to chunk
         for parsed, last in workers.parsed_chunks(lines, self.usage_chunk, self.account_property):
@@ -177,11 +178,7 @@ class Ingestion:
                 for where, field_name, reason in parsed.rejected:
                     batch.reject(where, field_name, reason)
 
-            # The callers keep the cyclic collector off for the whole import (see import_file);
-            # this pause only counts for a caller that does not.
-            with workers.collector_paused():  # not across the yield: only this chunk's roll-up and commit
-                report = self._commit("mixpanel", channel, name, fill, final_cursor if last else None)
-            yield report
+            yield self._commit("mixpanel", channel, name, fill, final_cursor if last else None)
 
     # ------------------------------------------------------------------- syncs
     async def sync(self, vendor: str, client: Any, *, today: date | None = None, lookback_days: int = 90,
