@@ -33,8 +33,7 @@ from datetime import date, datetime, time as dtime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.runner import add_backend_args, backends_of, cpu_seconds, record
-from bench.webhooks import postmaster_pid, tree_cpu_seconds
+from bench.runner import add_backend_args, backends_of, cpu_seconds, postmaster_pid, record, tree_cpu_seconds
 
 SEED = 42
 START_DAY = date(2026, 3, 2)  # a Monday; the window is START_DAY .. START_DAY + days - 1

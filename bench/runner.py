@@ -42,6 +42,40 @@ def cpu_seconds(pid: int | None = None) -> float:
         return float("nan")
 
 
+def postmaster_pid(database_url: str) -> int | None:
+    """The PostgreSQL server's postmaster (the parent of the backend serving a connection), or
+    None when it is not a process of this machine we can see."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:  # read while the backend is alive
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        try:
+            return int(stat_fields(int(row[0]))[1]) if row else None
+        except (OSError, ValueError, IndexError):
+            return None
+
+
+def tree_cpu_seconds(root: int | None) -> float:
+    """User + system CPU time of a PostgreSQL server: the postmaster, the children it has
+    reaped (backends of closed connections: its cutime + cstime) and its live children
+    (backends, background writer, WAL writer, autovacuum...). NaN where unknown."""
+    if root is None:
+        return float("nan")
+    try:
+        fields = stat_fields(root)
+        ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+        for task in Path(f"/proc/{root}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                try:
+                    child_fields = stat_fields(int(child))
+                except OSError:  # exited meanwhile: counted in the postmaster's cutime once reaped
+                    continue
+                ticks += int(child_fields[11]) + int(child_fields[12])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def percentiles(samples_seconds: Sequence[float]) -> dict[str, float]:
     """p50/p90/p99/max/mean of latency samples (seconds in), in milliseconds."""
     if not samples_seconds:

@@ -39,7 +39,7 @@ import httpx
 import orjson
 
 from bench import http_load
-from bench.runner import REPO_ROOT, add_backend_args, backends_of, cpu_seconds, percentiles, record, stat_fields
+from bench.runner import REPO_ROOT, add_backend_args, backends_of, cpu_seconds, percentiles, postmaster_pid, record, tree_cpu_seconds
 
 SEED = 42
 WARMUP = 50
@@ -217,40 +217,6 @@ def outcomes_of(result: http_load.LoadResult) -> Counter[str]:
         else:
             outcomes[str(orjson.loads(response.body).get("status"))] += 1
     return outcomes
-
-
-def postmaster_pid(database_url: str) -> int | None:
-    """The PostgreSQL server's postmaster (the parent of the backend serving a connection), or
-    None when it is not a process of this machine we can see."""
-    import psycopg
-
-    with psycopg.connect(database_url, autocommit=True) as conn:  # read while the backend is alive
-        row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        try:
-            return int(stat_fields(int(row[0]))[1]) if row else None
-        except (OSError, ValueError, IndexError):
-            return None
-
-
-def tree_cpu_seconds(root: int | None) -> float:
-    """User + system CPU time of a PostgreSQL server: the postmaster, the children it has
-    reaped (backends of closed connections: its cutime + cstime) and its live children
-    (backends, background writer, WAL writer, autovacuum...). NaN where unknown."""
-    if root is None:
-        return float("nan")
-    try:
-        fields = stat_fields(root)
-        ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
-        for task in Path(f"/proc/{root}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                try:
-                    child_fields = stat_fields(int(child))
-                except OSError:  # exited meanwhile: counted in the postmaster's cutime once reaped
-                    continue
-                ticks += int(child_fields[11]) + int(child_fields[12])
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 STATEMENT_OPTIONS = ("-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all "
