@@ -22,7 +22,7 @@ from projections.base import utc_iso
 from projections.feedback import EMAILS, SURVEYS
 from projections.health_inputs import CONTRACTS, OVERRIDES, SCORECARDS, TICKET_STATES
 from projections.store import Tx
-from projections.usage import DAYS, FEATURE_BITS, FEATURES, bits_of
+from projections.usage import DAYS, FEATURE_BITS, bits_of
 
 SESSION_LIKE = frozenset({"$session_start", "session_start", "Session Start", "$ae_session", "App Open"})
 
@@ -287,12 +287,8 @@ def contract_timeline(log_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # Every feature seen in the book (each is numbered in FEATURE_BITS when its first use is folded,
-# :mod:`projections.usage`) with its bit and the first day it was used: one index seek on
-# (feature, day) per feature.
-FEATURES_WITH_FIRST_DAY = (
-    f"SELECT b.feature, b.bit, (SELECT MIN(f.day) FROM {FEATURES} f WHERE f.feature = b.feature) AS first "
-    f"FROM {FEATURE_BITS} b"
-)
+# :mod:`projections.usage`) with its bit and the first day it was used (kept beside the bit).
+FEATURES_WITH_FIRST_DAY = f"SELECT feature, bit, first_day FROM {FEATURE_BITS}"
 
 
 def book_feature_first_days(tx: Tx) -> dict[str, str]:

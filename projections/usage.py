@@ -13,11 +13,18 @@ its position), features book-wide the same way (``FEATURE_BITS``). Distinct user
 over any span of days are then the OR of the days' bit sets, one row per customer-day read
 instead of one per user or feature (the health model's windows, :mod:`health_inputs_query`).
 The numbering follows the log's order only, so a rebuild numbers exactly as incremental folding did.
+
+The uses of each feature on a customer-day are stored with the day too, as one JSON object
+(``features``: feature -> uses, keys sorted; ``jsonb`` on PostgreSQL), not one row per feature:
+a customer-day of the default benchmark book uses six features, so a rebuild writes one row where
+it wrote seven, and its costliest part was inserting those rows into their primary key. Readers
+see them as before, one row per (customer_id, feature, day) with its ``uses``, through the view
+``FEATURES``. The first day each feature was used in the book (what the health model's adoption
+asks for every feature) is kept beside its bit (``FEATURE_BITS.first_day``), lowered when a late
+import brings an earlier day.
 """
 
 from __future__ import annotations
-
-import json
 
 from collections.abc import Sequence
 from datetime import date, timedelta
@@ -25,18 +32,22 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
+import orjson
+
 from events.signals import UsageDay
 from projections.base import Projection
 from projections.store import Tx, ViewStore
 
-# _v3: users became jsonb on PostgreSQL; _v4: user and feature bit sets per day (an existing
-# deployment folds the new tables from the log).
-DAYS = "cs_usage_days_v4"
-USERS = "cs_usage_users_v4"  # a view: one row per (customer_id, day, user_hash) of DAYS.users
-FEATURES = "cs_feature_usage_v4"
-USER_BITS = "cs_usage_user_bits_v4"  # customer_id -> JSON array of its users: a user's bit is its position
-FEATURE_BITS = "cs_usage_feature_bits_v4"  # feature -> its bit, book-wide
+# _v3: users became jsonb on PostgreSQL; _v4: user and feature bit sets per day; _v5: a day's
+# feature uses stored with the day, first days beside the feature bits (an existing deployment
+# folds the new tables from the log).
+DAYS = "cs_usage_days_v5"
+USERS = "cs_usage_users_v5"  # a view: one row per (customer_id, day, user_hash) of DAYS.users
+FEATURES = "cs_feature_usage_v5"  # a view: one row per (customer_id, feature, day) of DAYS.features, with uses
+USER_BITS = "cs_usage_user_bits_v5"  # customer_id -> JSON array of its users: a user's bit is its position
+FEATURE_BITS = "cs_usage_feature_bits_v5"  # feature -> its bit and the first day it was used, book-wide
 NO_USERS = "[]"
+NO_FEATURES = "{}"
 NO_BITS = b""
 
 # The user digests of a day, one row each (unmatched days have none). A user is counted once a
@@ -47,18 +58,38 @@ USERS_VIEW = {
     "sqlite": f"""CREATE VIEW IF NOT EXISTS {USERS} AS SELECT d.customer_id AS customer_id, d.day AS day,
         u.value AS user_hash FROM {DAYS} d, json_each(d.users) u WHERE d.customer_id IS NOT NULL""",
 }
-
-
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder (json.dumps with options builds one per call)
+# The feature uses of a day, one row each (unmatched days have none, as their users).
+FEATURES_VIEW = {
+    "postgres": f"""CREATE OR REPLACE VIEW {FEATURES} AS SELECT d.customer_id, f.key AS feature, d.day,
+        f.value::bigint AS uses FROM {DAYS} d CROSS JOIN LATERAL jsonb_each_text(d.features) AS f(key, value)
+        WHERE d.customer_id IS NOT NULL""",
+    "sqlite": f"""CREATE VIEW IF NOT EXISTS {FEATURES} AS SELECT d.customer_id AS customer_id, f.key AS feature,
+        d.day AS day, f.value AS uses FROM {DAYS} d, json_each(d.features) f WHERE d.customer_id IS NOT NULL""",
+}
 
 
 def users_json(users: Sequence[str]) -> str:
-    return _COMPACT.encode(list(users))
+    return orjson.dumps(list(users)).decode()  # compact, text as UTF-8
 
 
 def stored_users(value: Any) -> list[str]:
     """A day's users as read back: a list already on PostgreSQL (jsonb), JSON text on SQLite."""
-    return value if isinstance(value, list) else json.loads(value)
+    return value if isinstance(value, list) else orjson.loads(value)
+
+
+def features_json(features: dict[str, int]) -> str:
+    """A day's feature uses as stored: keys sorted, so every way of folding writes the same text."""
+    return orjson.dumps(features, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def stored_features(value: Any) -> dict[str, int]:
+    """A day's feature uses as read back: a dict already on PostgreSQL (jsonb), JSON text on SQLite."""
+    return value if isinstance(value, dict) else orjson.loads(value)
+
+
+def add_uses(into: dict[str, int], features: dict[str, int]) -> None:
+    for feature, n in features.items():
+        into[feature] = into.get(feature, 0) + n
 
 
 # A stored bit set (little-endian bytes, empty for none) as an integer; a C call, no Python frame
@@ -73,7 +104,8 @@ def bits_bytes(bits: int) -> bytes:
 class BitNumbers:
     """The bits of users (per customer) and features (book-wide) inside one write transaction:
     the numbering read for the customers a batch touches, extended in log order (users in an
-    event's order, features by name), the new numbers written back by :meth:`write`."""
+    event's order, features by name), the new numbers written back by :meth:`write`, with each
+    feature's first day in the book (lowered by an earlier day)."""
 
     def __init__(self, tx: Tx, customers: Sequence[str]) -> None:
         self.users: dict[str, dict[str, int]] = {}
@@ -83,9 +115,13 @@ class BitNumbers:
             part = wanted[start : start + ROWS_PER_STATEMENT]
             for row in tx.fetchall(f"SELECT customer_id, users FROM {USER_BITS} WHERE customer_id IN "
                                    f"({', '.join('?' * len(part))})", part):  # fmt: skip
-                self.users[row["customer_id"]] = {u: n for n, u in enumerate(json.loads(row["users"]))}
-        self.features = {r["feature"]: int(r["bit"]) for r in tx.fetchall(f"SELECT feature, bit FROM {FEATURE_BITS}")}
-        self.new_features: list[tuple[str, int]] = []
+                self.users[row["customer_id"]] = {u: n for n, u in enumerate(orjson.loads(row["users"]))}
+        self.features: dict[str, int] = {}
+        self.first_days: dict[str, str] = {}
+        for feature, bit, first_day in tx.rows(f"SELECT feature, bit, first_day FROM {FEATURE_BITS}"):
+            self.features[feature], self.first_days[feature] = int(bit), first_day
+        self.new_features: set[str] = set()
+        self.earlier: set[str] = set()  # features whose first day moved back
 
     def user_bits(self, customer_id: str, users: Sequence[str]) -> int:
         numbers = self.users.setdefault(customer_id, {})
@@ -98,13 +134,18 @@ class BitNumbers:
             bits |= 1 << n
         return bits
 
-    def feature_bits(self, features: Sequence[str]) -> int:
+    def feature_bits(self, features: Sequence[str], day: str) -> int:
+        """The bits of ``features``, used on ``day``."""
         bits = 0
         for feature in sorted(features):
             n = self.features.get(feature)
             if n is None:
                 n = self.features[feature] = len(self.features)
-                self.new_features.append((feature, n))
+                self.first_days[feature] = day
+                self.new_features.add(feature)
+            elif day < self.first_days[feature]:
+                self.first_days[feature] = day
+                self.earlier.add(feature)
             bits |= 1 << n
         return bits
 
@@ -112,52 +153,56 @@ class BitNumbers:
         rows = [(cid, users_json(list(self.users[cid]))) for cid in sorted(self.changed)]  # dicts keep their order
         tx.insert_many(USER_BITS, ("customer_id", "users"), rows,
                        "ON CONFLICT (customer_id) DO UPDATE SET users = excluded.users")  # fmt: skip
-        tx.insert_many(FEATURE_BITS, ("feature", "bit"), self.new_features)
+        columns = ("feature", "bit", "first_day")
+        tx.insert_many(FEATURE_BITS, columns, [(f, self.features[f], self.first_days[f]) for f in sorted(self.new_features)])
+        tx.insert_many(FEATURE_BITS, columns, [(f, self.features[f], self.first_days[f]) for f in sorted(self.earlier - self.new_features)],
+                       "ON CONFLICT (feature) DO UPDATE SET first_day = excluded.first_day")  # fmt: skip
         self.changed.clear()
-        self.new_features = []
+        self.new_features = set()
+        self.earlier = set()
 
 
 class UsageProjection(Projection):
     """Rows are keyed by the account key: the customer id, or ``unmatched:<account>``."""
 
-    name = "usage_v4"
-    tables = (DAYS, FEATURES, USER_BITS, FEATURE_BITS)
+    name = "usage_v5"
+    tables = (DAYS, USER_BITS, FEATURE_BITS)
 
     def schema(self) -> list[str]:
         return self._schema("TEXT", "BLOB")
 
-    def _schema(self, users_type: str, bits_type: str) -> list[str]:
+    def _schema(self, json_type: str, bits_type: str) -> list[str]:
         return [
             f"""CREATE TABLE IF NOT EXISTS {DAYS} (usage_id TEXT PRIMARY KEY, customer_id TEXT, account TEXT NOT NULL,
                 day TEXT NOT NULL, events BIGINT NOT NULL, sessions BIGINT NOT NULL, active_users BIGINT NOT NULL,
-                users {users_type} NOT NULL, user_bits {bits_type} NOT NULL, feature_bits {bits_type} NOT NULL)""",
+                users {json_type} NOT NULL, features {json_type} NOT NULL, user_bits {bits_type} NOT NULL,
+                feature_bits {bits_type} NOT NULL)""",
             f"CREATE INDEX IF NOT EXISTS ix_{DAYS}_customer ON {DAYS} (customer_id, day)",
-            f"""CREATE TABLE IF NOT EXISTS {FEATURES} (customer_id TEXT NOT NULL, feature TEXT NOT NULL, day TEXT NOT NULL,
-                uses BIGINT NOT NULL, PRIMARY KEY (customer_id, feature, day))""",
-            # Which features the book has used by a day: one index seek per feature (health adoption).
-            f"CREATE INDEX IF NOT EXISTS ix_{FEATURES}_feature ON {FEATURES} (feature, day)",
             f"CREATE TABLE IF NOT EXISTS {USER_BITS} (customer_id TEXT PRIMARY KEY, users TEXT NOT NULL)",
-            f"CREATE TABLE IF NOT EXISTS {FEATURE_BITS} (feature TEXT PRIMARY KEY, bit BIGINT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {FEATURE_BITS} (feature TEXT PRIMARY KEY, bit BIGINT NOT NULL, first_day TEXT NOT NULL)",
         ]
 
     def schema_for(self, backend: str) -> list[str]:
         pg = backend == "postgres"
-        return [*self._schema("JSONB" if pg else "TEXT", "BYTEA" if pg else "BLOB"), USERS_VIEW[backend]]
+        return [*self._schema("JSONB" if pg else "TEXT", "BYTEA" if pg else "BLOB"), USERS_VIEW[backend],
+                FEATURES_VIEW[backend]]  # fmt: skip
 
     def drop(self, tx: Tx) -> None:
         tx.execute(f"DROP VIEW IF EXISTS {USERS}")
+        tx.execute(f"DROP VIEW IF EXISTS {FEATURES}")
         super().drop(tx)
 
     def handle(self, tx: Tx, event: Any, position: int) -> None:
         uid = str(event.originator_id)
         if isinstance(event, UsageDay.Opened):
-            tx.insert(DAYS, DAY_COLUMNS, (uid, event.customer_id, event.account, event.day, 0, 0, 0, NO_USERS, NO_BITS, NO_BITS))
+            tx.insert(DAYS, DAY_COLUMNS, (uid, event.customer_id, event.account, event.day, 0, 0, 0, NO_USERS,
+                                          NO_FEATURES, NO_BITS, NO_BITS))  # fmt: skip
         elif isinstance(event, UsageDay.Counted):
-            # A few statements per event whatever its size (one row read back by the update,
-            # multi-row inserts): on PostgreSQL each statement is a round trip.
+            # A few statements per event whatever its size (one row read back by the update):
+            # on PostgreSQL each statement is a round trip.
             row = tx.fetchone(f"UPDATE {DAYS} SET events = events + ?, sessions = sessions + ?, "
                               "active_users = active_users + ? WHERE usage_id = ? RETURNING customer_id, day, users, "
-                              "user_bits, feature_bits", (event.events, event.sessions, len(event.users), uid))  # fmt: skip
+                              "features, user_bits, feature_bits", (event.events, event.sessions, len(event.users), uid))  # fmt: skip
             assert row is not None, f"usage day {uid} counted before it was opened"
             if row["customer_id"] is None:
                 return  # unmatched usage is counted, not broken down
@@ -165,21 +210,18 @@ class UsageProjection(Projection):
             if event.users or event.features:
                 numbers = BitNumbers(tx, [cid])
                 user_bits = bits_of(row["user_bits"]) | numbers.user_bits(cid, event.users)
-                feature_bits = bits_of(row["feature_bits"]) | numbers.feature_bits(list(event.features))
+                feature_bits = bits_of(row["feature_bits"]) | numbers.feature_bits(list(event.features), day)
                 numbers.write(tx)
-                tx.execute(f"UPDATE {DAYS} SET users = ?, user_bits = ?, feature_bits = ? WHERE usage_id = ?",
-                           (users_json([*stored_users(row["users"]), *event.users]), bits_bytes(user_bits),
-                            bits_bytes(feature_bits), uid))  # fmt: skip
-            _insert_rows(tx, f"INSERT INTO {FEATURES} (customer_id, feature, day, uses) VALUES", "(?, ?, ?, ?)",
-                         [(cid, feature, day, uses) for feature, uses in sorted(event.features.items())],
-                         f" ON CONFLICT (customer_id, feature, day) DO UPDATE SET uses = {FEATURES}.uses + "
-                         "excluded.uses")  # fmt: skip
+                features = stored_features(row["features"])
+                add_uses(features, event.features)
+                tx.execute(f"UPDATE {DAYS} SET users = ?, features = ?, user_bits = ?, feature_bits = ? WHERE usage_id = ?",
+                           (users_json([*stored_users(row["users"]), *event.users]), features_json(features),
+                            bits_bytes(user_bits), bits_bytes(feature_bits), uid))  # fmt: skip
 
     def handle_batch(self, tx: Tx, items: Sequence[tuple[Any, int]]) -> None:
         """The rows ``handle`` writes event by event, in a few statements for the whole batch: days
-        opened (with their counts and users), days opened earlier (read back in one query) written
-        back with their new totals, and feature uses added up per (customer, feature, day): those of
-        days opened in this batch inserted, those of earlier days added to their rows."""
+        opened (with their counts, users and feature uses) inserted, days opened earlier (read back
+        in one query) written back with their new totals."""
         opened: list[tuple[Any, ...]] = []
         in_batch: dict[str, tuple[str | None, str]] = {}  # days opened so far in this batch
         counted: list[tuple[str, Any, bool]] = []  # (day, event, opened earlier in this batch)
@@ -192,7 +234,7 @@ class UsageProjection(Projection):
                 uid = str(event.originator_id)
                 counted.append((uid, event, uid in in_batch))
         if not counted:
-            tx.insert_many(DAYS, DAY_COLUMNS, [(*o, 0, 0, 0, NO_USERS, NO_BITS, NO_BITS) for o in opened])
+            tx.insert_many(DAYS, DAY_COLUMNS, [(*o, 0, 0, 0, NO_USERS, NO_FEATURES, NO_BITS, NO_BITS) for o in opened])
             return
         before: dict[str, dict[str, Any]] = {}  # days opened before this batch, as stored
         earlier = sorted({uid for uid, _, here in counted if not here})
@@ -203,11 +245,10 @@ class UsageProjection(Projection):
                 before[row["usage_id"]] = row
         totals: dict[str, list[int]] = {}
         users: dict[str, list[str]] = {uid: stored_users(row["users"]) for uid, row in before.items()}
+        uses: dict[str, dict[str, int]] = {uid: stored_features(row["features"]) for uid, row in before.items()}
         bits = {uid: [bits_of(row["user_bits"]), bits_of(row["feature_bits"])] for uid, row in before.items()}
         numbers = BitNumbers(tx, [c for c, _ in in_batch.values() if c is not None]
                              + [row["customer_id"] for row in before.values() if row["customer_id"] is not None])  # fmt: skip
-        new_uses: dict[tuple[str, str, str], int] = {}  # of days opened in this batch: no row yet
-        more_uses: dict[tuple[str, str, str], int] = {}  # of days opened earlier: added to their rows
         for uid, event, here in counted:
             if here:
                 cid, day = in_batch[uid]
@@ -221,47 +262,35 @@ class UsageProjection(Projection):
             if cid is None:
                 continue  # unmatched usage is counted, not broken down
             users.setdefault(uid, []).extend(event.users)
+            add_uses(uses.setdefault(uid, {}), event.features)
             day_bits = bits.setdefault(uid, [0, 0])
             day_bits[0] |= numbers.user_bits(cid, event.users)
-            day_bits[1] |= numbers.feature_bits(list(event.features))
-            uses = new_uses if here else more_uses
-            for feature, n in event.features.items():
-                uses[(cid, feature, day)] = uses.get((cid, feature, day), 0) + n
+            day_bits[1] |= numbers.feature_bits(list(event.features), day)
         numbers.write(tx)
 
-        def bit_sets(uid: str) -> tuple[bytes, bytes]:
+        def stored(uid: str) -> tuple[str, str, bytes, bytes]:
+            """The users, feature uses and bit sets of a day counted in this batch, as written."""
             user_bits, feature_bits = bits.get(uid, (0, 0))
-            return bits_bytes(user_bits), bits_bytes(feature_bits)
+            return (users_json(users.get(uid, ())), features_json(uses.get(uid, {})), bits_bytes(user_bits),
+                    bits_bytes(feature_bits))  # fmt: skip
 
-        # Days opened in this batch are inserted with their counts, users and bit sets; earlier
-        # ones are written back whole (their new totals), in one statement.
-        tx.insert_many(DAYS, DAY_COLUMNS, [(*o, *totals.pop(o[0], (0, 0, 0)), users_json(users.pop(o[0], ())), *bit_sets(o[0]))
-                                           for o in opened])  # fmt: skip
+        # Days opened in this batch are inserted with their counts, users, feature uses and bit
+        # sets; earlier ones are written back whole (their new totals), in one statement.
+        tx.insert_many(DAYS, DAY_COLUMNS, [(*o, *totals.pop(o[0], (0, 0, 0)), *stored(o[0])) for o in opened])
         rows = []
         for uid, (events, sessions, active) in totals.items():
             row = before[uid]
             rows.append((uid, row["customer_id"], row["account"], row["day"], int(row["events"]) + events,
-                         int(row["sessions"]) + sessions, int(row["active_users"]) + active, users_json(users[uid]),
-                         *bit_sets(uid)))  # fmt: skip
+                         int(row["sessions"]) + sessions, int(row["active_users"]) + active, *stored(uid)))  # fmt: skip
         tx.insert_many(DAYS, DAY_COLUMNS, rows, "ON CONFLICT (usage_id) DO UPDATE SET events = excluded.events, "
                        "sessions = excluded.sessions, active_users = excluded.active_users, users = excluded.users, "
-                       "user_bits = excluded.user_bits, feature_bits = excluded.feature_bits")  # fmt: skip
-        columns = ("customer_id", "feature", "day", "uses")
-        tx.insert_many(FEATURES, columns, [(*key, n) for key, n in new_uses.items()])
-        tx.insert_many(FEATURES, columns, [(*key, n) for key, n in more_uses.items()],
-                       f"ON CONFLICT (customer_id, feature, day) DO UPDATE SET uses = {FEATURES}.uses + excluded.uses")  # fmt: skip
+                       "features = excluded.features, user_bits = excluded.user_bits, "
+                       "feature_bits = excluded.feature_bits")  # fmt: skip
 
 
-DAY_COLUMNS = ("usage_id", "customer_id", "account", "day", "events", "sessions", "active_users", "users", "user_bits",
-               "feature_bits")
+DAY_COLUMNS = ("usage_id", "customer_id", "account", "day", "events", "sessions", "active_users", "users", "features",
+               "user_bits", "feature_bits")
 ROWS_PER_STATEMENT = 500  # well under SQLite's 32,766 bound variables per statement
-
-
-def _insert_rows(tx: Tx, head: str, row: str, rows: list[tuple[Any, ...]], tail: str = "") -> None:
-    """``head`` VALUES of many rows in as few statements as possible (then ``tail``, e.g. ON CONFLICT)."""
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        part = rows[start : start + ROWS_PER_STATEMENT]
-        tx.execute(f"{head} {', '.join([row] * len(part))}{tail}", [value for r in part for value in r])
 
 
 def usage_window(tx: Tx, customer_id: UUID, end: date, days: int) -> dict[str, Any]:

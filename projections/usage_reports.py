@@ -24,7 +24,7 @@ from projections.health_inputs_query import (
 )
 from projections.profile import CUSTOMERS
 from projections.store import Tx
-from projections.usage import DAYS, FEATURES, USERS
+from projections.usage import DAYS, FEATURE_BITS, FEATURES, USERS
 
 Granularity = Literal["day", "week", "month"]
 ADOPTION_MONTHS = 12
@@ -198,8 +198,13 @@ def key_features(tx: Tx, as_of: datetime) -> tuple[list[str], str, str | None]:
     card, card_at = scorecard_as_of(tx, as_of)
     if card.key_features:
         return sorted(set(card.key_features)), "scorecard", card_at
-    rows = tx.fetchall(f"SELECT DISTINCT feature FROM {FEATURES} WHERE day < ?", (as_of.date().isoformat(),))
-    return sorted({r["feature"] for r in rows} - SESSION_LIKE), "every feature seen in the book", card_at
+    return sorted(set(features_before(tx, as_of.date())) - SESSION_LIKE), "every feature seen in the book", card_at
+
+
+def features_before(tx: Tx, day: date) -> list[str]:
+    """Every feature the book used before ``day``, sorted (a feature's first day is kept with its bit)."""
+    return [r[0] for r in tx.rows(f"SELECT feature FROM {FEATURE_BITS} WHERE first_day < ? ORDER BY feature",
+                                  (day.isoformat(),))]  # fmt: skip
 
 
 def _months(first: date, last: date) -> list[tuple[str, date]]:
@@ -236,8 +241,7 @@ def feature_adoption(tx: Tx, as_of: datetime, days: int, feature: str | None, cu
         match = [f for f in seen if f == feature] or [f for f in seen if f.lower() == feature.lower()]
         wanted = match[:1]
         if not wanted:
-            known = sorted({r["feature"] for r in tx.fetchall(f"SELECT DISTINCT feature FROM {FEATURES} WHERE day < ?",
-                                                                (stop.isoformat(),))})  # fmt: skip
+            known = features_before(tx, stop)
             out["note"] = (f"no use of feature {feature!r} recorded before {stop.isoformat()}"
                            f"{' by this customer' if customer_id else ''}; features seen: {', '.join(known[:30]) or 'none'}")  # fmt: skip
     if customer_id is not None:

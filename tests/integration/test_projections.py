@@ -13,7 +13,7 @@ from eventsourcing.persistence import StoredEvent
 from events.commands import CommandMeta
 from mcp_server.services import Services, open_services
 from projections.runner import ProjectionStoppedError
-from projections.usage import USERS, UsageProjection
+from projections.usage import FEATURES, USERS, UsageProjection
 
 META = CommandMeta(actor="test", source="test")
 
@@ -42,7 +42,8 @@ def _rows(services: Services) -> dict[str, list[dict[str, Any]]]:
     out = {}
     with services.store.transaction() as tx:
         for runner in services.engine.runners.values():
-            views = (USERS,) if isinstance(runner.projection, UsageProjection) else ()  # the users of a day, a row each
+            # the users and the feature uses of a day, a row each
+            views = (USERS, FEATURES) if isinstance(runner.projection, UsageProjection) else ()
             for table in (*runner.projection.tables, *views):
                 rows = tx.fetchall(f"SELECT * FROM {table}")
                 out[table] = sorted(rows, key=lambda r: sorted((k, str(v)) for k, v in r.items()))
@@ -192,7 +193,7 @@ def _users_from_events(services: Services) -> set[tuple[str, str, str]]:
 def test_rebuild_and_event_by_event_reproduce_every_signal_row(services: Services) -> None:
     _populate_signals(services)
     incremental = _rows(services)
-    assert len(incremental["cs_usage_days_v4"]) == 2 * 5 + 2 + 1  # acme 7 days, globex 5, ghost 1 (unmatched)
+    assert len(incremental["cs_usage_days_v5"]) == 2 * 5 + 2 + 1  # acme 7 days, globex 5, ghost 1 (unmatched)
     assert incremental["cs_ticket_history_v1"] and incremental["cs_timeline_v1"] and incremental["cs_email_events_v1"]
 
     services.engine.rebuild()  # each batch folded by handle_batch
