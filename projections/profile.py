@@ -6,6 +6,7 @@ only when read, so crypto-shredding a customer's key erases them here too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Any
 from uuid import UUID
@@ -76,6 +77,97 @@ class CustomerProfileProjection(Projection):
         else:
             return
         tx.execute(f"UPDATE {CUSTOMERS} SET updated_at = ?, last_position = ? WHERE customer_id = ?", (at, position, cid))
+
+    def handle_batch(self, tx: Tx, items: Sequence[tuple[Any, int]]) -> None:
+        """The rows ``handle`` leaves, folded in memory: the rows of the customers and contacts a
+        batch touches read once, the events applied to them in order, the result written in a few
+        statements (``handle`` is up to three statements per event, and every statement also flushes
+        the rows other projections hold). Whatever ``handle`` would refuse (a customer or contact
+        registered twice, an unknown profile field) raises here, and the runner finds the event."""
+        events = [(event, position) for event, position in items if isinstance(event, Customer.Event)]
+        if not events:
+            return
+        cids = sorted({str(event.originator_id) for event, _ in events})
+        contact_ids = sorted({e.contact_id for e, _ in events if isinstance(e, (Customer.ContactAdded, Customer.ContactRemoved))})
+        customers: dict[str, dict[str, Any]] = {}
+        contacts: dict[str, dict[str, Any]] = {}  # contact_id -> row, as they stand
+        for part in _parts(cids):
+            for row in tx.fetchall(f"SELECT * FROM {CUSTOMERS} WHERE customer_id IN ({_marks(part)})", part):
+                customers[row["customer_id"]] = row
+            for row in tx.fetchall(f"SELECT * FROM {CONTACTS} WHERE customer_id IN ({_marks(part)})", part):
+                contacts[row["contact_id"]] = row
+        for part in _parts(contact_ids):
+            for row in tx.fetchall(f"SELECT * FROM {CONTACTS} WHERE contact_id IN ({_marks(part)})", part):
+                contacts[row["contact_id"]] = row
+        stored_customers, stored_contacts = set(customers), set(contacts)
+        changed: set[str] = set()  # customers to write
+        touched: set[str] = set()  # contacts to write
+        for event, position in events:
+            cid = str(event.originator_id)
+            at = utc_iso(event.occurred_at)
+            customer = customers.get(cid)
+            if isinstance(event, Customer.Registered):
+                if customer is not None:
+                    raise ValueError(f"customer {cid} registered twice")  # (the INSERT's primary key)
+                values = [cid, event.external_key, *(event.profile.get(f) for f in FIELDS), "active", None, None, at, at, position]
+                customers[cid] = dict(zip(COLUMNS, values, strict=True))
+                changed.add(cid)
+                continue
+            if isinstance(event, (Customer.ProfileUpdated, Customer.ContractChanged)):
+                for change in event.changes:
+                    if change["field"] not in FIELDS:
+                        raise ValueError(f"unknown profile field {change['field']!r} in {type(event).__qualname__}")
+                    if customer is not None:
+                        customer[change["field"]] = change["new"]
+            elif isinstance(event, Customer.ContactAdded):
+                if event.primary:
+                    for contact in contacts.values():
+                        if contact["customer_id"] == cid and contact["is_primary"]:
+                            contact["is_primary"] = False
+                            touched.add(contact["contact_id"])
+                if event.contact_id in contacts:
+                    raise ValueError(f"contact {event.contact_id} added twice")  # (the INSERT's primary key)
+                contacts[event.contact_id] = {"contact_id": event.contact_id, "customer_id": cid, "name": event.name,
+                                              "email": event.email, "role": event.role, "is_primary": event.primary,
+                                              "added_at": at, "position": position}  # fmt: skip
+                touched.add(event.contact_id)
+            elif isinstance(event, Customer.ContactRemoved):
+                contacts.pop(event.contact_id, None)
+            elif isinstance(event, Customer.Churned):
+                if customer is not None:
+                    customer.update(status="churned", churned_on=event.churned_on, churn_reason=event.reason)
+            else:
+                continue
+            if customer is not None:
+                customer.update(updated_at=at, last_position=position)
+                changed.add(cid)
+        gone = sorted(stored_contacts - set(contacts))
+        for part in _parts(gone):
+            tx.execute(f"DELETE FROM {CONTACTS} WHERE contact_id IN ({_marks(part)})", part)
+        rows = [[customers[cid][c] for c in COLUMNS] for cid in sorted(changed)]
+        tx.insert_many(CUSTOMERS, COLUMNS, [r for r in rows if r[0] not in stored_customers])
+        tx.insert_many(CUSTOMERS, COLUMNS, [r for r in rows if r[0] in stored_customers],
+                       f"ON CONFLICT (customer_id) DO UPDATE SET {_excluded(COLUMNS[1:])}")  # fmt: skip
+        contact_rows = [[contacts[c][k] for k in CONTACT_COLUMNS] for c in sorted(touched) if c in contacts]
+        tx.insert_many(CONTACTS, CONTACT_COLUMNS, [r for r in contact_rows if r[0] not in stored_contacts])
+        tx.insert_many(CONTACTS, CONTACT_COLUMNS, [r for r in contact_rows if r[0] in stored_contacts],
+                       f"ON CONFLICT (contact_id) DO UPDATE SET {_excluded(CONTACT_COLUMNS[1:])}")  # fmt: skip
+
+
+CONTACT_COLUMNS = ("contact_id", "customer_id", "name", "email", "role", "is_primary", "added_at", "position")
+ROWS_PER_STATEMENT = 500  # well under SQLite's 32,766 bound variables per statement
+
+
+def _parts(keys: Sequence[str]) -> list[Sequence[str]]:
+    return [keys[start : start + ROWS_PER_STATEMENT] for start in range(0, len(keys), ROWS_PER_STATEMENT)]
+
+
+def _marks(part: Sequence[str]) -> str:
+    return ", ".join("?" * len(part))
+
+
+def _excluded(columns: Sequence[str]) -> str:
+    return ", ".join(f"{c} = excluded.{c}" for c in columns)
 
 
 SORTS: dict[str, tuple[str, bool]] = {

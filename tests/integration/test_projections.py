@@ -344,6 +344,80 @@ def test_ticket_views_are_the_same_in_one_pass_in_batches_of_any_size_and_event_
     assert _refold(services, None) == incremental
 
 
+def test_profile_view_is_the_same_in_one_pass_in_batches_of_any_size_and_event_by_event(services: Services) -> None:
+    """Customers registered (with and without a contact), profiles and contracts changed, contacts
+    added (a new primary one demotes the others), removed and added again, a churn, across several
+    passes: the profile view (which a batch folds in memory from the rows it touches) is the same
+    folded after each step, in one pass, in slices of 1 to 7 events, and event by event."""
+    from datetime import UTC, datetime
+
+    app = services.app
+    at = datetime(2026, 3, 2, 9, tzinfo=UTC)
+    meta = {"actor": "test", "source": "test", "source_id": "t", "occurred_at": at}
+
+    def contacts_of(key: str, *changes: tuple[str, str, bool | None]) -> None:
+        """Add (primary True/False) or remove (None) contacts of one customer in one append."""
+        customer = app.get_customer(key)
+        for contact_id, name, primary in changes:
+            if primary is None:
+                customer.remove_contact(contact_id=contact_id, **meta)
+            else:
+                customer.add_contact(contact_id=contact_id, name=name, email=f"{name}@{key}.example", role=None,
+                                     primary=primary, **meta)  # fmt: skip
+        app.save(customer)
+
+    steps = [
+        lambda: [app.register_customer({"external_key": k, "name": k.title(), "arr": 100.0 * n, "seats": n,
+                                        **({"contact_name": f"First {k}"} if n % 2 else {})}, META)
+                 for n, k in enumerate(("ada", "bob", "cyd", "dee"), start=1)],  # fmt: skip
+        lambda: contacts_of("ada", ("a2", "Second", False), ("a3", "Third", True)),  # a3 demotes the first
+        lambda: (app.update_customer("bob", {"arr": 250.5, "tier": "growth"}, META),
+                 contacts_of("bob", ("b2", "Other", True), ("b2", "", None), ("b3", "Next", False))),
+        lambda: (contacts_of("ada", ("a3", "", None), ("a3", "Back", True)),  # removed, then added again
+                 app.churn_customer("cyd", {"churned_on": "2026-03-01", "reason": "budget"}, META),
+                 app.update_customer("dee", {"seats": 40, "owner": "Dana"}, META)),
+    ]
+    incremental: dict[str, list[dict[str, Any]]] = {}
+    for step in steps:
+        step()
+        services.engine.catch_up()  # a pass per step: later steps change rows of earlier passes
+        incremental = _rows(services)
+    contacts = {r["contact_id"]: r for r in incremental["cs_contacts_v1"]}
+    assert "b2" not in contacts and bool(contacts["a3"]["is_primary"]) and not contacts["a2"]["is_primary"]
+    assert sum(bool(r["is_primary"]) for r in contacts.values() if r["customer_id"] == str(app.resolve("ada"))) == 1
+    customers = {r["external_key"]: r for r in incremental["cs_customers_v1"]}
+    assert customers["bob"]["arr"] == 250.5 and customers["cyd"]["status"] == "churned" and customers["dee"]["seats"] == 40
+
+    services.engine.rebuild()  # the whole log in one pass
+    assert _rows(services) == incremental
+    for size in (1, 2, 3, 7):
+        assert _refold(services, size) == incremental, size
+    assert _refold(services, None) == incremental
+
+
+def test_a_contact_added_twice_stops_the_profile_view_at_that_event(services: Services) -> None:
+    """A batch the profile view cannot fold (a contact id added twice: the row's primary key) stops
+    the projection at that event, as folding it event by event does, with what precedes it kept."""
+    from datetime import UTC, datetime
+
+    app = services.app
+    app.register_customer({"external_key": "ada", "name": "Ada"}, META)
+    services.engine.catch_up()
+    customer = app.get_customer("ada")
+    meta = {"actor": "test", "source": "test", "source_id": "t", "occurred_at": datetime(2026, 3, 2, tzinfo=UTC)}
+    customer.add_contact(contact_id="c1", name="One", email=None, role=None, primary=True, **meta)
+    customer.add_contact(contact_id="c2", name="Two", email=None, role=None, primary=False, **meta)
+    customer.add_contact(contact_id="c1", name="Again", email=None, role=None, primary=False, **meta)
+    recordings = app.save(customer)
+    with pytest.raises(ProjectionStoppedError) as stopped:
+        services.engine.catch_up()
+    assert stopped.value.name == "customer_profile_v1"
+    assert stopped.value.failure.position == recordings[-1].notification.id  # the second c1, not before
+    with services.store.transaction() as tx:
+        names = sorted(r["name"] for r in tx.fetchall("SELECT name FROM cs_contacts_v1"))
+    assert names == ["One", "Two"]
+
+
 def test_inserts_of_a_few_rows_keep_every_value_as_given(services: Services) -> None:
     """Tx.insert_many below and from COPY_ROWS rows (on PostgreSQL a statement per row, then a COPY
     straight into the table: what a pass of a few webhooks writes) stores the values as given."""
