@@ -300,6 +300,16 @@ def _refold(services: Services, size: int | None) -> dict[str, list[dict[str, An
     return _rows(services)
 
 
+def _assert_every_fold_gives(services: Services, incremental: dict[str, list[dict[str, Any]]]) -> None:
+    """The whole log rebuilt in one pass, refolded in slices of 1, 2, 3 and 7 events and event by
+    event: each time every view's rows are ``incremental``."""
+    services.engine.rebuild()
+    assert _rows(services) == incremental
+    for size in (1, 2, 3, 7):
+        assert _refold(services, size) == incremental, size
+    assert _refold(services, None) == incremental
+
+
 def test_ticket_views_are_the_same_in_one_pass_in_batches_of_any_size_and_event_by_event(services: Services) -> None:
     """Tickets opened, changed, solved, reopened and rated, several changes of one ticket in one
     import and changes of tickets opened in earlier imports: the views (the tickets view's rows
@@ -337,11 +347,7 @@ def test_ticket_views_are_the_same_in_one_pass_in_batches_of_any_size_and_event_
     assert tickets["2"]["status"] == "open" and tickets["2"]["solved_at"] is None and tickets["2"]["csat"] == 0.0
     assert tickets["3"]["solved_at"] and tickets["3"]["csat"] == 1.0 and tickets["5"]["customer_id"] is None
 
-    services.engine.rebuild()  # the whole log in one pass
-    assert _rows(services) == incremental
-    for size in (1, 2, 3, 7):
-        assert _refold(services, size) == incremental, size
-    assert _refold(services, None) == incremental
+    _assert_every_fold_gives(services, incremental)
 
 
 def test_profile_view_is_the_same_in_one_pass_in_batches_of_any_size_and_event_by_event(services: Services) -> None:
@@ -388,11 +394,7 @@ def test_profile_view_is_the_same_in_one_pass_in_batches_of_any_size_and_event_b
     customers = {r["external_key"]: r for r in incremental["cs_customers_v1"]}
     assert customers["bob"]["arr"] == 250.5 and customers["cyd"]["status"] == "churned" and customers["dee"]["seats"] == 40
 
-    services.engine.rebuild()  # the whole log in one pass
-    assert _rows(services) == incremental
-    for size in (1, 2, 3, 7):
-        assert _refold(services, size) == incremental, size
-    assert _refold(services, None) == incremental
+    _assert_every_fold_gives(services, incremental)
 
 
 def test_a_contact_added_twice_stops_the_profile_view_at_that_event(services: Services) -> None:
