@@ -19,12 +19,13 @@ from projections.base import utc_iso
 from projections.health_inputs import CONTRACTS
 from projections.health_inputs_query import (
     SESSION_LIKE,
+    book_feature_first_days,
     contract_timeline,
     scorecard_as_of,
 )
 from projections.profile import CUSTOMERS
 from projections.store import Tx
-from projections.usage import DAYS, FEATURE_BITS, FEATURES, USERS
+from projections.usage import DAYS, FEATURES, USERS
 
 Granularity = Literal["day", "week", "month"]
 ADOPTION_MONTHS = 12
@@ -202,9 +203,8 @@ def key_features(tx: Tx, as_of: datetime) -> tuple[list[str], str, str | None]:
 
 
 def features_before(tx: Tx, day: date) -> list[str]:
-    """Every feature the book used before ``day``, sorted (a feature's first day is kept with its bit)."""
-    return [r[0] for r in tx.rows(f"SELECT feature FROM {FEATURE_BITS} WHERE first_day < ? ORDER BY feature",
-                                  (day.isoformat(),))]  # fmt: skip
+    """Every feature the book used before ``day``, sorted (as the health model's adoption sees them)."""
+    return sorted(feature for feature, first in book_feature_first_days(tx).items() if first < day.isoformat())
 
 
 def _months(first: date, last: date) -> list[tuple[str, date]]:

@@ -233,6 +233,9 @@ async def test_feature_adoption_first_use_and_key_features_not_adopted(settings:
     assert [f["feature"] for f in one["features"]] == ["Created Report"]
     assert len(one["features"][0]["adopters"]) == 1 and one["features"][0]["adopters_truncated"] == 1
     assert missing["features"] == [] and "no use of feature 'Teleport'" in missing["note"]
+    seen = missing["note"].split("features seen: ")[1].split(", ")  # used before as_of, from the first days kept
+    assert {"Created Report", "Exported CSV", "Viewed Dashboard"} <= set(seen) and "Shared Dashboard" not in seen
+    assert seen == sorted(seen)
 
 
 # ----------------------------------------------------------------------------- patterns
