@@ -117,15 +117,9 @@ class HealthInputsProjection(Projection):
 CONTRACT_COLUMNS = ("customer_id", "position", "at", "registered_at", "arr", "seats", "contract_start", "renewal_date",
                     "churned_on", "tier")  # fmt: skip
 TICKET_COLUMNS = ("position", "ticket_id", "customer_id", "at", "opened_at", "status", "priority", "solved", "csat")
-IDS_PER_QUERY = 500  # well under SQLite's 32,766 bound variables per statement
-
-
 def _latest(tx: Tx, table: str, key: str, ids: set[str]) -> dict[str, dict[str, Any]]:
     """The latest row (highest position) of each of ``ids`` in ``table``, by ``key``."""
     latest: dict[str, dict[str, Any]] = {}
-    wanted = sorted(ids)
-    for start in range(0, len(wanted), IDS_PER_QUERY):
-        part = wanted[start : start + IDS_PER_QUERY]
-        for row in tx.fetchall(f"SELECT * FROM {table} WHERE {key} IN ({', '.join('?' * len(part))}) ORDER BY position", part):
-            latest[row[key]] = row  # a history holds a few rows per id: the last one read is the latest
+    for row in tx.fetchall_in(f"SELECT * FROM {table} WHERE {key}", sorted(ids), " ORDER BY position"):
+        latest[row[key]] = row  # a history holds a few rows per id (all in one statement): the last one read is the latest
     return latest

@@ -91,14 +91,11 @@ class CustomerProfileProjection(Projection):
         contact_ids = sorted({e.contact_id for e, _ in events if isinstance(e, (Customer.ContactAdded, Customer.ContactRemoved))})
         customers: dict[str, dict[str, Any]] = {}
         contacts: dict[str, dict[str, Any]] = {}  # contact_id -> row, as they stand
-        for part in _parts(cids):
-            for row in tx.fetchall(f"SELECT * FROM {CUSTOMERS} WHERE customer_id IN ({_marks(part)})", part):
-                customers[row["customer_id"]] = row
-            for row in tx.fetchall(f"SELECT * FROM {CONTACTS} WHERE customer_id IN ({_marks(part)})", part):
-                contacts[row["contact_id"]] = row
-        for part in _parts(contact_ids):
-            for row in tx.fetchall(f"SELECT * FROM {CONTACTS} WHERE contact_id IN ({_marks(part)})", part):
-                contacts[row["contact_id"]] = row
+        for row in tx.fetchall_in(f"SELECT * FROM {CUSTOMERS} WHERE customer_id", cids):
+            customers[row["customer_id"]] = row
+        for row in [*tx.fetchall_in(f"SELECT * FROM {CONTACTS} WHERE customer_id", cids),
+                    *tx.fetchall_in(f"SELECT * FROM {CONTACTS} WHERE contact_id", contact_ids)]:  # fmt: skip
+            contacts[row["contact_id"]] = row
         stored_customers, stored_contacts = set(customers), set(contacts)
         changed: set[str] = set()  # customers to write
         touched: set[str] = set()  # contacts to write
@@ -141,9 +138,7 @@ class CustomerProfileProjection(Projection):
             if customer is not None:
                 customer.update(updated_at=at, last_position=position)
                 changed.add(cid)
-        gone = sorted(stored_contacts - set(contacts))
-        for part in _parts(gone):
-            tx.execute(f"DELETE FROM {CONTACTS} WHERE contact_id IN ({_marks(part)})", part)
+        tx.execute_in(f"DELETE FROM {CONTACTS} WHERE contact_id", sorted(stored_contacts - set(contacts)))
         rows = [[customers[cid][c] for c in COLUMNS] for cid in sorted(changed)]
         tx.insert_many(CUSTOMERS, COLUMNS, [r for r in rows if r[0] not in stored_customers])
         tx.insert_many(CUSTOMERS, COLUMNS, [r for r in rows if r[0] in stored_customers],
@@ -155,15 +150,6 @@ class CustomerProfileProjection(Projection):
 
 
 CONTACT_COLUMNS = ("contact_id", "customer_id", "name", "email", "role", "is_primary", "added_at", "position")
-ROWS_PER_STATEMENT = 500  # well under SQLite's 32,766 bound variables per statement
-
-
-def _parts(keys: Sequence[str]) -> list[Sequence[str]]:
-    return [keys[start : start + ROWS_PER_STATEMENT] for start in range(0, len(keys), ROWS_PER_STATEMENT)]
-
-
-def _marks(part: Sequence[str]) -> str:
-    return ", ".join("?" * len(part))
 
 
 def _excluded(columns: Sequence[str]) -> str:

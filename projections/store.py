@@ -27,6 +27,7 @@ log = structlog.get_logger(__name__)
 
 BULK_ROWS = 200  # from this many rows, Tx.insert_many with ON CONFLICT goes through a COPY on PostgreSQL
 COPY_ROWS = 2  # from this many rows, Tx.insert_many without it COPYs straight into the table on PostgreSQL
+KEYS_PER_STATEMENT = 500  # keys bound by one statement of Tx.fetchall_in / execute_in (SQLite allows 32,766)
 CHECKPOINTS_DDL = "CREATE TABLE IF NOT EXISTS cs_checkpoints (name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
 
 
@@ -54,6 +55,10 @@ def column_names(cursor: Any) -> list[str]:
         return [d[0] for d in cursor.description]
     encoding = cursor.connection.info.encoding
     return [result.fname(n).decode(encoding) for n in range(result.nfields)]
+
+
+def _parts(keys: Sequence[Any]) -> list[Sequence[Any]]:
+    return [keys[start : start + KEYS_PER_STATEMENT] for start in range(0, len(keys), KEYS_PER_STATEMENT)]
 
 
 class Tx:
@@ -161,6 +166,20 @@ class Tx:
     def fetchone(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         rows = self.fetchall(sql, params)
         return rows[0] if rows else None
+
+    def fetchall_in(self, head: str, keys: Sequence[Any], tail: str = "") -> list[dict[str, Any]]:
+        """The rows of ``head IN (?, ...) tail`` for every one of ``keys`` (e.g. ``head`` = "SELECT *
+        FROM t WHERE id"), read in statements of at most KEYS_PER_STATEMENT keys, in that order
+        (``tail``, an ORDER BY say, orders each statement's rows). No keys: no statement."""
+        rows: list[dict[str, Any]] = []
+        for part in _parts(keys):
+            rows += self.fetchall(f"{head} IN ({', '.join('?' * len(part))}){tail}", part)
+        return rows
+
+    def execute_in(self, head: str, keys: Sequence[Any]) -> None:
+        """``head IN (?, ...)`` (a DELETE say) for every one of ``keys``, KEYS_PER_STATEMENT at a time."""
+        for part in _parts(keys):
+            self.execute(f"{head} IN ({', '.join('?' * len(part))})", part)
 
     def get_checkpoint(self, name: str) -> int:
         row = self.fetchone("SELECT position FROM cs_checkpoints WHERE name = ?", (name,))

@@ -120,11 +120,8 @@ class TimelineProjection(Projection):
         before this batch are read in one query, those opened in it are remembered."""
         subjects: dict[str, tuple[str, str]] = {}  # ticket id -> (customer id, label)
         wanted = sorted({str(e.originator_id) for e, _ in items if isinstance(e, Ticket.Event) and not isinstance(e, Ticket.Opened)})
-        for start in range(0, len(wanted), IDS_PER_QUERY):
-            part = wanted[start : start + IDS_PER_QUERY]
-            for row in tx.fetchall(f"SELECT aggregate_id, customer_id, label FROM {SUBJECTS} WHERE aggregate_id IN "
-                                   f"({', '.join('?' * len(part))})", part):  # fmt: skip
-                subjects[row["aggregate_id"]] = (row["customer_id"], row["label"])
+        for row in tx.fetchall_in(f"SELECT aggregate_id, customer_id, label FROM {SUBJECTS} WHERE aggregate_id", wanted):
+            subjects[row["aggregate_id"]] = (row["customer_id"], row["label"])
         for event, position in items:
             ticket_ref = ""
             if isinstance(event, Customer.Event):
@@ -162,9 +159,6 @@ class TimelineProjection(Projection):
                     json.dumps(details(event), sort_keys=True),
                 ),
             )  # fmt: skip
-
-
-IDS_PER_QUERY = 500  # well under SQLite's 32,766 bound variables per statement
 
 
 class TimelineView:

@@ -110,12 +110,8 @@ class BitNumbers:
     def __init__(self, tx: Tx, customers: Sequence[str]) -> None:
         self.users: dict[str, dict[str, int]] = {}
         self.changed: set[str] = set()
-        wanted = sorted(set(customers))
-        for start in range(0, len(wanted), ROWS_PER_STATEMENT):
-            part = wanted[start : start + ROWS_PER_STATEMENT]
-            for row in tx.fetchall(f"SELECT customer_id, users FROM {USER_BITS} WHERE customer_id IN "
-                                   f"({', '.join('?' * len(part))})", part):  # fmt: skip
-                self.users[row["customer_id"]] = {u: n for n, u in enumerate(orjson.loads(row["users"]))}
+        for row in tx.fetchall_in(f"SELECT customer_id, users FROM {USER_BITS} WHERE customer_id", sorted(set(customers))):
+            self.users[row["customer_id"]] = {u: n for n, u in enumerate(orjson.loads(row["users"]))}
         self.features: dict[str, int] = {}
         self.first_days: dict[str, str] = {}
         for feature, bit, first_day in tx.rows(f"SELECT feature, bit, first_day FROM {FEATURE_BITS}"):
@@ -238,11 +234,8 @@ class UsageProjection(Projection):
             return
         before: dict[str, dict[str, Any]] = {}  # days opened before this batch, as stored
         earlier = sorted({uid for uid, _, here in counted if not here})
-        for start in range(0, len(earlier), ROWS_PER_STATEMENT):
-            part = earlier[start : start + ROWS_PER_STATEMENT]
-            for row in tx.fetchall(f"SELECT {', '.join(DAY_COLUMNS)} FROM {DAYS} WHERE usage_id IN "
-                                   f"({', '.join('?' * len(part))})", part):  # fmt: skip
-                before[row["usage_id"]] = row
+        for row in tx.fetchall_in(f"SELECT {', '.join(DAY_COLUMNS)} FROM {DAYS} WHERE usage_id", earlier):
+            before[row["usage_id"]] = row
         totals: dict[str, list[int]] = {}
         users: dict[str, list[str]] = {uid: stored_users(row["users"]) for uid, row in before.items()}
         uses: dict[str, dict[str, int]] = {uid: stored_features(row["features"]) for uid, row in before.items()}
@@ -290,7 +283,6 @@ class UsageProjection(Projection):
 
 DAY_COLUMNS = ("usage_id", "customer_id", "account", "day", "events", "sessions", "active_users", "users", "features",
                "user_bits", "feature_bits")
-ROWS_PER_STATEMENT = 500  # well under SQLite's 32,766 bound variables per statement
 
 
 def usage_window(tx: Tx, customer_id: UUID, end: date, days: int) -> dict[str, Any]:

@@ -123,3 +123,30 @@ def test_read_all_gives_each_statement_its_own_rows(settings: Settings) -> None:
                 assert [r.dicts() for r in tx.read_all(statements)] == one_by_one
     finally:
         store.close()
+
+
+def test_reads_and_deletes_by_many_keys_cover_every_key_across_statements(settings: Settings) -> None:
+    """Tx.fetchall_in / execute_in over more keys than one statement binds: every key's rows, in
+    key order across statements (each statement's rows in its own ORDER BY), keys not found left
+    out, no statement for no keys; the DELETE removes exactly the keys given."""
+    from projections.store import KEYS_PER_STATEMENT
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = build_view_store(settings)
+    try:
+        store.setup([])
+        count = 2 * KEYS_PER_STATEMENT + 7
+        with store.transaction() as tx:
+            tx.execute("CREATE TABLE t_keys (k TEXT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (k, n))")
+            tx.insert_many("t_keys", ("k", "n"), [(f"k{i:05d}", n) for i in range(count) for n in (2, 1)])
+        wanted = [f"k{i:05d}" for i in range(0, count, 2)] + ["missing"]  # every other key, and one absent
+        with store.snapshot() as tx:
+            got = tx.fetchall_in("SELECT k, n FROM t_keys WHERE k", wanted, " ORDER BY k, n")
+            assert tx.fetchall_in("SELECT k FROM t_keys WHERE k", []) == []
+        assert [(r["k"], r["n"]) for r in got] == [(k, n) for k in wanted[:-1] for n in (1, 2)]
+        with store.transaction() as tx:
+            tx.execute_in("DELETE FROM t_keys WHERE k", wanted)
+            left = [r[0] for r in tx.rows("SELECT DISTINCT k FROM t_keys ORDER BY k")]
+        assert left == [f"k{i:05d}" for i in range(1, count, 2)]
+    finally:
+        store.close()
