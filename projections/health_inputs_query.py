@@ -91,18 +91,12 @@ def _scorecards_in(rows: list[dict[str, Any]], stamps: Sequence[str]) -> list[tu
     return out
 
 
-def gather(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None, *,
-           feature_first_days: dict[str, str] | None = None) -> BookInputs:  # fmt: skip
-    """The inputs of the given customers (all registered before ``as_of`` by default).
-
-    ``feature_first_days`` (feature -> first day it was used in the book, from
-    :func:`book_feature_first_days`) saves the book-wide feature scan when one caller gathers
-    many instants (a stage history samples every day)."""
-    return gather_at(tx, [as_of], customer_ids, feature_first_days=feature_first_days)[0]
+def gather(tx: Tx, as_of: datetime, customer_ids: list[UUID] | None = None) -> BookInputs:
+    """The inputs of the given customers (all registered before ``as_of`` by default)."""
+    return gather_at(tx, [as_of], customer_ids)[0]
 
 
-def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | None = None, *,
-              feature_first_days: dict[str, str] | None = None) -> list[BookInputs]:  # fmt: skip
+def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | None = None) -> list[BookInputs]:
     """:func:`gather` at several instants in one pass: each statement reads the rows before the
     latest instant once, and each instant keeps those before it (conditional aggregates per
     instant where the database sums), so a score and its 30-day trend cost one set of queries.
@@ -136,8 +130,7 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
         "cards": (SCORECARDS_BEFORE, [t_max]),
         "contracts": (f"SELECT * FROM {CONTRACTS} WHERE 1 = 1{where} ORDER BY customer_id, position", params),
         "usage_firsts": (f"SELECT customer_id, MIN(day) FROM {DAYS} WHERE day < ?{where} GROUP BY customer_id", [stop_max, *params]),
-        # (the first days only when the caller has not read them already)
-        "features": (FEATURES_WITH_FIRST_DAY if feature_first_days is None else f"SELECT feature, bit FROM {FEATURE_BITS}", []),
+        "features": (FEATURES_WITH_FIRST_DAY, []),
         # In table order (a scan; ordering by the index would visit the table row by row), then
         # each customer's days sorted by day.
         "usage_days": (f"SELECT customer_id, day, events, user_bits, feature_bits FROM {DAYS} WHERE day >= ? AND day < ?{where}",
@@ -164,7 +157,7 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
     features = read["features"].rows
     _gather_usage(books, read["usage_firsts"].rows, [(feature, bit) for feature, bit, *_ in features], read["usage_days"].rows,
                   stops, d30s, d60s)  # fmt: skip
-    first_days = _first_days(features) if feature_first_days is None else feature_first_days
+    first_days = _first_days(features)
     for book, stop in zip(books, stops, strict=True):
         if book.customers:  # (an instant before the first registration keeps the empty defaults)
             book.book_features = {feature for feature, first in first_days.items() if first < stop} - SESSION_LIKE

@@ -24,7 +24,7 @@ from projections.base import utc_iso
 from projections.health import health_as_of, score_customer
 from projections.health_history import HISTORY, ensure_table
 from projections.health_inputs import CONTRACTS, OVERRIDES
-from projections.health_inputs_query import book_feature_first_days, contract_timeline, gather
+from projections.health_inputs_query import contract_timeline, gather
 from projections.lifecycle import (
     Period,
     Stage,
@@ -144,7 +144,6 @@ class _Sampler:
         self.tx, self.customer_id, self.cid, self.until = tx, customer_id, str(customer_id), until
         self.contracts, self.overrides, self.stored = contracts, overrides, stored
         self.start = parse_utc(next(r["registered_at"] for r in contracts if r["registered_at"]))
-        self.features = book_feature_first_days(tx)
         self.bands: dict[datetime, str] = {}
         self.stored_used = self.computed = 0
 
@@ -203,7 +202,7 @@ class _Sampler:
     def _health(self, moment: datetime) -> str:
         """The band as :func:`projections.health.health_as_of` computes it, in this snapshot."""
         self.computed += 1
-        book = gather(self.tx, moment, [self.customer_id], feature_first_days=self.features)
+        book = gather(self.tx, moment, [self.customer_id])
         inputs = book.customers.get(self.cid)
         return score_customer(inputs, book).band if inputs is not None else "unknown"
 
