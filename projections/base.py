@@ -18,8 +18,10 @@ class Projection(ABC):
     name: str  # stable and versioned, e.g. "customer_profile_v1"
     tables: tuple[str, ...]
     raw: bool = False  # True: handle() receives the stored notification itself, not a domain event
-    # The event classes handle() acts on, when known: the default handle_batch passes it only
-    # those (most of the log is usage, which most projections ignore). None: every event.
+    # The event classes handle() acts on, when known: the runner gives the projection only those,
+    # in a shared pass as on its own, and decodes no others for it (most of the log is usage,
+    # which most projections ignore); the default handle_batch also passes handle() only those.
+    # It must name every class handle() acts on. None: every event.
     handles: tuple[type, ...] | None = None
 
     @abstractmethod

@@ -26,6 +26,7 @@ OVERRIDES = "cs_overrides_v1"
 
 class HealthInputsProjection(Projection):
     name = "health_inputs_v1"
+    handles = (Customer.Event, Ticket.Event, Scorecard.Event)
     tables = (CONTRACTS, TICKET_STATES, SCORECARDS, OVERRIDES)
 
     def schema(self) -> list[str]:

@@ -16,9 +16,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import structlog
+from eventsourcing.utils import resolve_topic
 
 from events.collector import collector_paused
 from projections.base import Projection
@@ -31,7 +33,51 @@ log = structlog.get_logger(__name__)
 
 BATCH_SIZE = 5000
 MIN_PASS_INTERVAL = 0.02  # seconds between background passes at the most (see ProjectionEngine.start)
-_Read = tuple[Sequence[Any], list[Any], Exception | None]  # a batch, its decoded events, a decoding error
+_Read = tuple[Sequence[Any], list[tuple[Any, int]], Exception | None]  # a batch, its decoded events, a decoding error
+Kinds = tuple[type, ...] | None  # the event classes wanted (None: every event)
+
+
+@lru_cache(maxsize=4096)
+def wanted(topic: str, kinds: Kinds) -> bool:
+    """Whether a stored event of ``topic`` is one of ``kinds`` (None: every event). A topic that does
+    not resolve is wanted: decoding it raises, and the projection stops there as it always did."""
+    if kinds is None:
+        return True
+    try:
+        cls = resolve_topic(topic)
+    except Exception:  # noqa: BLE001 - any failure to resolve: let the decoding report it
+        return True
+    return not isinstance(cls, type) or issubclass(cls, kinds)
+
+
+def wanted_kinds(projections: Sequence[Projection]) -> Kinds:
+    """The event classes the decoded (not raw) ``projections`` act on, together (None: every event)."""
+    kinds: list[type] = []
+    for projection in projections:
+        if projection.raw:
+            continue
+        if projection.handles is None:
+            return None
+        kinds.extend(k for k in projection.handles if k not in kinds)
+    return tuple(kinds)
+
+
+def decode_wanted(mapper: Any, batch: Sequence[Any], kinds: Kinds) -> list[tuple[Any, int]]:
+    """``(event, position)`` of the notifications in ``batch`` that are of ``kinds``, decoded, in order
+    (``()``: none, no projection decodes)."""
+    if kinds is None:
+        return [(mapper.to_domain_event(n), n.id) for n in batch]
+    if not kinds:
+        return []
+    return [(mapper.to_domain_event(n), n.id) for n in batch if wanted(n.topic, kinds)]
+
+
+def only(items: list[tuple[Any, int]], handles: Kinds, kinds: Kinds) -> list[tuple[Any, int]]:
+    """The ``(event, position)`` pairs of ``items`` (events of ``kinds``) that are of ``handles``: a
+    projection is given the same events in a shared pass as on its own, whatever the others read."""
+    if handles is None or handles == kinds:
+        return items
+    return [item for item in items if isinstance(item[0], handles)]
 
 
 @dataclass
@@ -95,17 +141,22 @@ class CatchUpRunner(LogConsumer):
                     raise ProjectionStoppedError(self.projection.name, self.failure)
 
     def _handle(self, tx: Any, notification: Any) -> None:
-        subject = notification if self.projection.raw else self.mapper.to_domain_event(notification)
-        self.projection.handle(tx, subject, notification.id)
+        if self.projection.raw:
+            self.projection.handle(tx, notification, notification.id)
+        elif wanted(notification.topic, self.projection.handles):  # the others are never decoded
+            self.projection.handle(tx, self.mapper.to_domain_event(notification), notification.id)
 
     def _apply(self, start: int, batch: Sequence[Any]) -> int:
         """Apply a batch in one transaction; on a failing event apply only what precedes it."""
         name = self.projection.name
         try:
-            subjects = batch if self.projection.raw else [self.mapper.to_domain_event(n) for n in batch]
+            if self.projection.raw:
+                items = [(n, n.id) for n in batch]
+            else:
+                items = decode_wanted(self.mapper, batch, self.projection.handles)
             with self.store.transaction() as tx:
                 tx.defer_inserts = True  # rows written per table, not per event (a failure is found below)
-                self.projection.handle_batch(tx, [(s, n.id) for s, n in zip(subjects, batch, strict=True)])
+                self.projection.handle_batch(tx, items)
                 tx.move_checkpoint(name, start, batch[-1].id)
             return len(batch)
         except Exception as exc:
@@ -228,35 +279,35 @@ class ProjectionEngine:
             # starts where this one ended. A pass of a few events reads in this thread: no thread to
             # start and hand over to.
             reader: ThreadPoolExecutor | None = None
-            ahead: tuple[tuple[int, bool], Future[_Read]] | None = None
+            ahead: tuple[tuple[int, Kinds], Future[_Read]] | None = None
             while True:
                 start = min((positions.get(r.projection.name, 0) for r in runners), default=0)
                 group = [r for r in runners if positions.get(r.projection.name, 0) == start and r.failure is None]
                 if len(group) < 2 or (until is not None and start >= until):
                     return processed
-                decode = any(not r.projection.raw for r in group)
-                wanted = (start, decode)
-                if ahead is not None and ahead[0] == wanted:
-                    batch, decoded, error = ahead[1].result()
+                # Only the events some projection of the group acts on are decoded: most of the log is
+                # usage, which most projections ignore.
+                kinds = wanted_kinds([r.projection for r in group])
+                if ahead is not None and ahead[0] == (start, kinds):
+                    batch, items, error = ahead[1].result()
                 else:
-                    batch, decoded, error = self._read(start, decode, until)
+                    batch, items, error = self._read(start, kinds, until)
                 ahead = None
                 if not batch:
                     return processed
                 if len(batch) == BATCH_SIZE:  # more may follow
                     if reader is None:
                         reader = held.enter_context(ThreadPoolExecutor(1, thread_name_prefix="cs-read-ahead"))
-                    ahead = ((batch[-1].id, decode), reader.submit(self._read, batch[-1].id, decode, until))
+                    ahead = ((batch[-1].id, kinds), reader.submit(self._read, batch[-1].id, kinds, until))
                 try:
                     if error is not None:
                         raise error
-                    positions_of = [n.id for n in batch]
-                    raw_items = list(zip(batch, positions_of, strict=True))
-                    items = list(zip(decoded, positions_of, strict=True)) if decode else []
+                    raw_items = [(n, n.id) for n in batch]
                     with self.store.transaction() as tx:
                         tx.defer_inserts = True  # rows written per table, not per event
                         for runner in group:
-                            runner.projection.handle_batch(tx, raw_items if runner.projection.raw else items)
+                            projection = runner.projection
+                            projection.handle_batch(tx, raw_items if projection.raw else only(items, projection.handles, kinds))
                         tx.move_checkpoints([r.projection.name for r in group], start, batch[-1].id)
                 except Exception as exc:  # noqa: BLE001 - the runners one by one find and report it
                     log.info("projections.shared_pass_fell_back", position=start, error=f"{type(exc).__name__}: {exc}")
@@ -266,11 +317,12 @@ class ProjectionEngine:
                 if progress:
                     progress(len(batch) * len(group))
 
-    def _read(self, start: int, decode: bool, until: int | None = None) -> _Read:
-        """The batch after ``start`` (up to ``until``), its events decoded (when ``decode``), or the decoding error."""
+    def _read(self, start: int, kinds: Kinds, until: int | None = None) -> _Read:
+        """The batch after ``start`` (up to ``until``), its events of ``kinds`` decoded with their
+        positions, or the decoding error."""
         batch = read_after(self.app.recorder, start, BATCH_SIZE, stop=until)
         try:
-            return batch, [self.mapper.to_domain_event(n) for n in batch] if decode else [], None
+            return batch, decode_wanted(self.mapper, batch, kinds), None
         except Exception as exc:  # noqa: BLE001 - raised where the batch is applied, as before
             return batch, [], exc
 

@@ -99,6 +99,7 @@ def details(event: Any) -> dict[str, Any]:
 class TimelineProjection(Projection):
     name = "timeline_v1"
     tables = (TIMELINE, SUBJECTS)
+    handles = (Customer.Event, Ticket.Event, SurveyResponse.Recorded, EmailEvent.Recorded)
 
     def schema(self) -> list[str]:
         return [

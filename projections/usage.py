@@ -163,6 +163,7 @@ class UsageProjection(Projection):
 
     name = "usage_v5"
     tables = (DAYS, USER_BITS, FEATURE_BITS)
+    handles = (UsageDay.Event,)
 
     def schema(self) -> list[str]:
         return self._schema("TEXT", "BLOB")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -111,6 +111,42 @@ def test_poison_event_stops_the_runner_and_keeps_the_checkpoint(services: Servic
     assert services.engine.runners["audit_chain_v1"].checkpoint() == app.last_position()
 
 
+def test_an_event_stops_only_the_projections_that_act_on_its_class(services: Services) -> None:
+    """Only the events a projection acts on (its ``handles``) are decoded for it: a usage event
+    that cannot be decoded stops the usage view and the late-events view (which reads every event)
+    at it, while the projections that ignore usage fold past it, in the shared pass and one by one."""
+    from uuid import uuid4
+
+    from eventsourcing.utils import get_topic
+
+    from events.signals import UsageDay
+
+    app = services.app
+    app.register_customer({"external_key": "ok", "name": "Fine"}, META)
+    good_head = app.last_position()
+    poison = StoredEvent(originator_id=uuid4(), originator_version=2, topic=get_topic(UsageDay.Counted),
+                         state=b"{not json")  # fmt: skip
+    app.recorder.insert_events([poison])
+    poison_position = app.last_position()
+    app.register_customer({"external_key": "after", "name": "After"}, META)
+    head = app.last_position()
+    reads_usage = {"usage_v5", "late_event_days_v1"}
+
+    for fold in (services.engine.catch_up, services.engine.rebuild):
+        with pytest.raises(ProjectionStoppedError) as caught:
+            fold()
+        assert caught.value.failure.position == poison_position
+        for name, runner in services.engine.runners.items():
+            if name in reads_usage:
+                assert (runner.checkpoint(), runner.failure.position) == (good_head, poison_position), name
+            else:
+                assert (runner.checkpoint(), runner.failure) == (head, None), name
+        with services.store.snapshot() as tx:  # folded past it: the customer registered after it
+            assert tx.fetchone("SELECT COUNT(*) AS n FROM cs_customers_v1")["n"] == 2
+        for runner in services.engine.runners.values():
+            runner.failure = None  # as a restart would
+
+
 def test_rebuild_leaves_the_garbage_collector_as_it_found_it(services: Services) -> None:
     """The rebuild folds with the cyclic collector off (projections/runner.py) and restores it, also
     when a poison event stops it; a collector switched off by the caller stays off."""
@@ -191,8 +227,16 @@ def _users_from_events(services: Services) -> set[tuple[str, str, str]]:
 
 
 def test_rebuild_and_event_by_event_reproduce_every_signal_row(services: Services) -> None:
+    """Signals of every connector, a scorecard and a health override: rebuilt in one pass (where each
+    projection is given only the events it ``handles``) and folded by ``handle`` from every event,
+    the rows are those folded as the events came."""
     _populate_signals(services)
+    services.app.configure_scorecard({"weights": {"support": 25}}, META)
+    services.app.override_health("acme", {"band": "red", "reason": "champion left",
+                                          "expires_at": datetime.now(timezone.utc) + timedelta(days=3)}, "test", META)  # fmt: skip
+    services.engine.ensure_current()
     incremental = _rows(services)
+    assert incremental["cs_scorecard_history_v1"] and incremental["cs_overrides_v1"]
     assert len(incremental["cs_usage_days_v5"]) == 2 * 5 + 2 + 1  # acme 7 days, globex 5, ghost 1 (unmatched)
     assert incremental["cs_ticket_history_v1"] and incremental["cs_timeline_v1"] and incremental["cs_email_events_v1"]
 
@@ -316,7 +360,6 @@ def test_ticket_views_are_the_same_in_one_pass_in_batches_of_any_size_and_event_
     among them, which a batch writes in one UPDATE per set of columns and one insert) are the same
     folded after each import, in one pass, in slices of 1 to 7 events, and event by event."""
     from connectors.service import Ingestion
-    from events.signals import Ticket
     from projections.profile import CustomerDirectory
     from tests.integration.test_health_model import ZTicket, account, at, load_customers, zendesk_json
 
