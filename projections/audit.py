@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from projections.base import Projection
+from projections.base import Projection, uuid_text
 from projections.runner import ProjectionStoppedError
 from projections.store import Tx, ViewStore
 
@@ -53,7 +53,7 @@ def canonical_bytes(position: int, originator_id: Any, originator_version: int, 
         raise MalformedEventError(
             f"topic/originator_version are {type(topic).__name__}/{type(originator_version).__name__}"
         )
-    oid, name = str(originator_id).encode(), topic.encode()
+    oid, name = uuid_text(originator_id).encode(), topic.encode()
     body = state if type(state) is bytes else bytes(state)
     pack = _U64.pack
     return b"".join((_EIGHT, pack(position), pack(len(oid)), oid, _EIGHT, pack(originator_version),
@@ -62,13 +62,15 @@ def canonical_bytes(position: int, originator_id: Any, originator_version: int, 
 
 def link(previous: str, notification: Any) -> str:
     """The chain link of one stored notification after ``previous`` (a hex digest)."""
-    payload = canonical_bytes(
-        notification.id, notification.originator_id, notification.originator_version, notification.topic,
-        notification.state,
-    )  # fmt: skip
-    digest = hashlib.sha256(bytes.fromhex(previous))
-    digest.update(payload)
-    return digest.hexdigest()
+    return link_bytes(bytes.fromhex(previous), notification).hex()
+
+
+def link_bytes(previous: bytes, notification: Any) -> bytes:
+    """:func:`link` as bytes, after ``previous`` as bytes (a chain computed link after link)."""
+    digest = hashlib.sha256(previous)
+    digest.update(canonical_bytes(notification.id, notification.originator_id, notification.originator_version,
+                                  notification.topic, notification.state))  # fmt: skip
+    return digest.digest()
 
 
 class AuditChainProjection(Projection):
@@ -109,10 +111,12 @@ class AuditChainProjection(Projection):
             row = tx.fetchone(f"SELECT position, hash FROM {CHAIN} ORDER BY position DESC LIMIT 1")
             previous_position, previous = (int(row["position"]), row["hash"]) if row else (0, GENESIS)
         rows = []
+        digest = bytes.fromhex(previous)
         for notification, position in items:
             if position <= previous_position:
                 raise ValueError(f"event {position} is not after the last linked event {previous_position}")
-            previous, previous_position = link(previous, notification), position
+            digest, previous_position = link_bytes(digest, notification), position
+            previous = digest.hex()
             rows.append((position, previous))
         tx.insert_many(CHAIN, ("position", "hash"), rows)
         self._last = (tx, previous_position, previous)

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
+from uuid import UUID
 
 from projections.store import Tx
 
@@ -56,3 +57,12 @@ def utc_iso(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def uuid_text(value: Any) -> str:
+    """``str(value)``: for a UUID, its canonical text from its bytes' hex (half the CPU of
+    ``UUID.__str__``, on the hot paths of a rebuild that turn every stored event's id into text)."""
+    if type(value) is not UUID:
+        return str(value)
+    h = value.bytes.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -35,7 +35,7 @@ from uuid import UUID
 import orjson
 
 from events.signals import UsageDay
-from projections.base import Projection
+from projections.base import Projection, uuid_text
 from projections.store import Tx, ViewStore
 
 # _v3: users became jsonb on PostgreSQL; _v4: user and feature bit sets per day; _v5: a day's
@@ -224,11 +224,11 @@ class UsageProjection(Projection):
         counted: list[tuple[str, Any, bool]] = []  # (day, event, opened earlier in this batch)
         for event, _ in items:
             if isinstance(event, UsageDay.Opened):
-                uid = str(event.originator_id)
+                uid = uuid_text(event.originator_id)
                 opened.append((uid, event.customer_id, event.account, event.day))
                 in_batch[uid] = (event.customer_id, event.day)
             elif isinstance(event, UsageDay.Counted):
-                uid = str(event.originator_id)
+                uid = uuid_text(event.originator_id)
                 counted.append((uid, event, uid in in_batch))
         if not counted:
             tx.insert_many(DAYS, DAY_COLUMNS, [(*o, 0, 0, 0, NO_USERS, NO_FEATURES, NO_BITS, NO_BITS) for o in opened])
