@@ -230,7 +230,11 @@ _UUID5_SET = 0x8000 << 48 | 5 << 76
 def fast_event_id(originator_id: UUID, version: int) -> str:
     """``str(event_id(...))`` (uuid5 of the aggregate id and version) without two UUID objects."""
     n = int.from_bytes(sha1(originator_id.bytes + str(version).encode()).digest()[:16], "big")
-    h = "%032x" % (n & _UUID5_KEEP | _UUID5_SET)  # the bits uuid.UUID(version=5) sets
+    return hex_uuid_text("%032x" % (n & _UUID5_KEEP | _UUID5_SET))  # the bits uuid.UUID(version=5) sets
+
+
+def hex_uuid_text(h: str) -> str:
+    """A UUID's canonical text (``str(UUID(hex=h))``) from its 32 lower-case hex digits."""
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

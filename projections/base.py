@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
+from events.envelope import hex_uuid_text
 from projections.store import Tx
 
 
@@ -62,7 +63,4 @@ def utc_iso(moment: datetime) -> str:
 def uuid_text(value: Any) -> str:
     """``str(value)``: for a UUID, its canonical text from its bytes' hex (half the CPU of
     ``UUID.__str__``, on the hot paths of a rebuild that turn every stored event's id into text)."""
-    if type(value) is not UUID:
-        return str(value)
-    h = value.bytes.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return hex_uuid_text(value.bytes.hex()) if type(value) is UUID else str(value)

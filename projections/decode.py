@@ -162,8 +162,7 @@ class FoldMapper:
     differ from its struct's (a class changed without its struct) is never decoded here."""
 
     def __init__(self, mapper: Any, stamps: Transcoding) -> None:
-        self.mapper = mapper
-        self.transcoder = mapper.transcoder
+        self.mapper = mapper  # its other attributes (the transcoder...) are read through __getattr__
         self._stamps = stamps
         self.typed: dict[str, tuple[type, msgspec.json.Decoder[Any]]] = {
             get_topic(cls): (cls, msgspec.json.Decoder(struct))

@@ -118,6 +118,8 @@ class HealthInputsProjection(Projection):
 CONTRACT_COLUMNS = ("customer_id", "position", "at", "registered_at", "arr", "seats", "contract_start", "renewal_date",
                     "churned_on", "tier")  # fmt: skip
 TICKET_COLUMNS = ("position", "ticket_id", "customer_id", "at", "opened_at", "status", "priority", "solved", "csat")
+
+
 def _latest(tx: Tx, table: str, key: str, ids: set[str]) -> dict[str, dict[str, Any]]:
     """The latest row (highest position) of each of ``ids`` in ``table``, by ``key``."""
     latest: dict[str, dict[str, Any]] = {}
