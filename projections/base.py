@@ -54,10 +54,15 @@ class Projection(ABC):
 
 
 def utc_iso(moment: datetime) -> str:
-    """A fixed-width UTC timestamp that sorts as text the way it sorts in time (naive = UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    """A fixed-width UTC timestamp that sorts as text the way it sorts in time (naive = UTC):
+    ``YYYY-MM-DDTHH:MM:SS.ffffff+00:00``, the text ``strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")``
+    writes, through ``isoformat`` (under half its CPU; every timeline, ticket and e-mail row
+    writes one or two). Before year 1000 strftime writes the year unpadded, and still does here."""
+    if moment.tzinfo is not timezone.utc:
+        moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    if moment.year < 1000:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    return moment.isoformat(timespec="microseconds")
 
 
 def uuid_text(value: Any) -> str:

@@ -12,7 +12,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from events.domain import Customer, event_id, event_type
+from events.domain import Customer, event_type
+from events.envelope import fast_event_id
 from events.signals import EmailEvent, SurveyResponse, Ticket
 from events.personal import ERASED, TOKEN_PREFIX, PersonalDataCodec
 from projections.base import Projection, utc_iso
@@ -149,7 +150,7 @@ class TimelineProjection(Projection):
                 (
                     position,
                     customer_id,
-                    str(event_id(event)),
+                    fast_event_id(event.originator_id, event.originator_version),
                     event_type(event),
                     utc_iso(event.occurred_at),
                     utc_iso(event.timestamp),
