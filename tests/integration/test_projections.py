@@ -242,6 +242,11 @@ def test_rebuild_and_event_by_event_reproduce_every_signal_row(services: Service
 
     services.engine.rebuild()  # each batch folded by handle_batch
     assert _rows(services) == incremental
+    # Batch boundaries anywhere (a usage day counted across batches, a ticket opened in one and
+    # solved in the next; the read-ahead of full batches): the same rows.
+    for batch_size in (1, 2, 7):
+        services.engine.rebuild(batch_size=batch_size)
+        assert _rows(services) == incremental, batch_size
 
     # The same log folded one event at a time by handle (what a runner does to find a poison event).
     engine = services.engine
