@@ -36,7 +36,7 @@ from events.settings import Settings
 from mcp_server.server import build_server
 from mcp_server.services import Services, open_services
 from projections.health import health_as_of, health_at
-from projections.health_history import history_rows, rebuild_history, update_history
+from projections.health_history import HISTORY_AT, history_rows, late_markers, rebuild_history, update_history
 from projections.health_inputs_query import SESSION_LIKE, gather_at
 from projections.usage import DAYS as USAGE_DAYS, FEATURES as FEATURE_ROWS, usage_window
 from tests.conftest import MASTER_KEY
@@ -617,6 +617,44 @@ def test_late_events_record_the_days_they_changed_again(services: Services) -> N
     services.engine.rebuild()
     rebuild_history(services.store, days[-1])
     assert {(r["customer_id"], r["day"]): r for r in history_rows(services.store)} == after
+
+
+def test_a_rebuild_does_not_make_the_next_run_record_the_history_again(services: Services) -> None:
+    """Every imported day is late (its events occurred before the day they were recorded on), and
+    a rebuild folds the late-event markers of the whole log again. The recorded days already count
+    those events (each day keeps the log position it was computed at), so the next run records
+    nothing again and takes the markers into account; a late event folded afterwards still records
+    its days again; and days recorded without a position (before positions were kept) are
+    recorded again, as they always were."""
+    first = date(2026, 10, 1)
+    days = [first + timedelta(days=i) for i in range(6)]
+    load_customers(services, [account("steady", start=(first - timedelta(days=3)).isoformat()),
+                              account("fading", start=(first - timedelta(days=2)).isoformat(), seats=6)])  # fmt: skip
+    for day in days:
+        load(services, "mixpanel", "\n".join(daily_usage("steady", day, day, 5) + daily_usage("fading", day, day, 2)) + "\n")
+        update_history(services.store, day)
+    recorded = history_rows(services.store)
+
+    services.engine.rebuild()
+    with services.store.snapshot() as tx:
+        assert {day for day, _ in late_markers(tx)} >= {d.isoformat() for d in days}  # marked again
+    assert update_history(services.store, days[-1]) == 0
+    assert history_rows(services.store) == recorded
+    with services.store.snapshot() as tx:
+        assert late_markers(tx) == []  # taken into account
+
+    late_day = days[3]  # an NPS answer that arrives now: its days are recorded again
+    load(services, "nps", nps_csv([("late-1", "fading", 1, at(late_day, 10))]))
+    assert update_history(services.store, days[-1]) == 2 * len([d for d in days if d >= late_day])
+    changed = history_rows(services.store)
+    assert [r for r in changed if r["day"] < late_day.isoformat()] == [r for r in recorded if r["day"] < late_day.isoformat()]
+    assert changed != recorded
+
+    with services.store.transaction() as tx:  # as if recorded before positions were kept
+        tx.execute(f"DELETE FROM {HISTORY_AT}")
+    services.engine.rebuild()
+    assert update_history(services.store, days[-1]) == len(changed)  # every day, from the first registration
+    assert history_rows(services.store) == changed
 
 
 # ---------------------------------------------------------------- d: risky vs healthy, from imports
