@@ -192,12 +192,28 @@ class CatchUpRunner(LogConsumer):
             self.failure = ProjectionFailure(bad.id, bad.topic, f"{type(exc).__name__}: {exc}")
             log.error("projection.stopped", projection=name, position=bad.id, topic=bad.topic, error=str(exc))
             if failed_index:
-                good = batch[:failed_index]
-                with self.store.transaction() as tx:
-                    for notification in good:
-                        self._handle(tx, notification)
-                    tx.move_checkpoint(name, start, good[-1].id)
+                self._apply_prefix(start, batch[:failed_index])
             return failed_index
+
+    def _apply_prefix(self, start: int, good: Sequence[Any]) -> None:
+        """Commit the events before a failing one: as a batch (the same rows as event by event, which
+        costs as much again as finding the failure did: a statement or more per event, up to a
+        rebuild's 20,000), or event by event should the batch itself fail."""
+        name = self.projection.name
+        try:
+            with self.store.transaction() as tx:
+                tx.defer_inserts = True
+                if self.projection.raw:
+                    self.projection.handle_batch(tx, [(n, n.id) for n in good])
+                else:
+                    self.projection.handle_batch(tx, decode_wanted(self.mapper, good, self.projection.handles))
+                tx.move_checkpoint(name, start, good[-1].id)
+        except Exception as exc:  # noqa: BLE001 - event by event, as the failure was found
+            log.warning("projection.prefix_batch_failed", projection=name, error=f"{type(exc).__name__}: {exc}")
+            with self.store.transaction() as tx:
+                for notification in good:
+                    self._handle(tx, notification)
+                tx.move_checkpoint(name, start, good[-1].id)
 
     def _locate_failure(self, batch: Sequence[Any]) -> int:
         """Index of the first event that fails, found in a transaction that is rolled back."""

@@ -147,6 +147,52 @@ def test_an_event_stops_only_the_projections_that_act_on_its_class(services: Ser
             runner.failure = None  # as a restart would
 
 
+def test_the_events_before_a_failing_one_are_committed_even_when_their_batch_fails(services: Services) -> None:
+    """The events before a failing one are committed as one batch; should that batch fail too, they
+    are committed event by event, as the failure was found: a projection whose handle_batch refuses
+    any batch of more than one event still has every row before the poison and stops at it."""
+    from projections.base import Projection
+    from projections.runner import CatchUpRunner
+
+    app = services.app
+    for key in ("a", "b", "c", "d"):
+        app.register_customer({"external_key": key, "name": key.upper()}, META)
+    positions = [n.id for n in app.recorder.select_notifications(start=0, limit=100)]
+    poison = positions[len(positions) // 2]
+
+    class Fussy(Projection):
+        name, tables, raw = "fussy_test_v1", ("t_fussy",), True
+
+        def schema(self) -> list[str]:
+            return ["CREATE TABLE IF NOT EXISTS t_fussy (position BIGINT PRIMARY KEY)"]
+
+        def handle(self, tx: Any, event: Any, position: int) -> None:
+            if position == poison:
+                raise ValueError("poison")
+            tx.execute("INSERT INTO t_fussy (position) VALUES (?)", (position,))
+
+        def handle_batch(self, tx: Any, items: Any) -> None:
+            if len(items) > 1:
+                raise RuntimeError("no batches here")
+            for event, position in items:
+                self.handle(tx, event, position)
+
+    projection = Fussy()
+    services.store.setup(projection.schema())
+    services.store.ensure_checkpoint(projection.name)
+    runner = CatchUpRunner(projection, services.store, app.recorder, services.engine.mapper)
+    assert runner.try_own()
+    try:
+        with pytest.raises(ProjectionStoppedError, match=f"stopped at event {poison} "):
+            runner.catch_up()
+        with services.store.snapshot() as tx:
+            rows = [int(r[0]) for r in tx.rows("SELECT position FROM t_fussy ORDER BY position")]
+        assert rows == [p for p in positions if p < poison]
+        assert runner.checkpoint() == rows[-1] and runner.failure.position == poison
+    finally:
+        runner.release()
+
+
 def test_rebuild_leaves_the_garbage_collector_as_it_found_it(services: Services) -> None:
     """The rebuild folds with the cyclic collector off (projections/runner.py) and restores it, also
     when a poison event stops it; a collector switched off by the caller stays off."""
