@@ -185,12 +185,14 @@ class CatchUpRunner(LogConsumer):
                 tx.move_checkpoint(name, start, batch[-1].id)
             return len(batch)
         except Exception as exc:
-            failed_index = self._locate_failure(batch)
-            if failed_index == len(batch):
+            failed_index, error = self._locate_failure(batch)
+            if error is None:
                 raise  # not reproducible event by event (e.g. the database went away): retry later
             bad = batch[failed_index]
-            self.failure = ProjectionFailure(bad.id, bad.topic, f"{type(exc).__name__}: {exc}")
-            log.error("projection.stopped", projection=name, position=bad.id, topic=bad.topic, error=str(exc))
+            # The event's own error, as found event by event (the batch's may be about the batch).
+            self.failure = ProjectionFailure(bad.id, bad.topic, f"{type(error).__name__}: {error}")
+            log.error("projection.stopped", projection=name, position=bad.id, topic=bad.topic, error=str(error),
+                      batch_error=None if error is exc else f"{type(exc).__name__}: {exc}")
             if failed_index:
                 self._apply_prefix(start, batch[:failed_index])
             return failed_index
@@ -215,8 +217,9 @@ class CatchUpRunner(LogConsumer):
                     self._handle(tx, notification)
                 tx.move_checkpoint(name, start, good[-1].id)
 
-    def _locate_failure(self, batch: Sequence[Any]) -> int:
-        """Index of the first event that fails, found in a transaction that is rolled back."""
+    def _locate_failure(self, batch: Sequence[Any]) -> tuple[int, Exception | None]:
+        """Index of the first event that fails and its error, found in a transaction that is rolled
+        back (``len(batch)`` and None: every event succeeded this time)."""
 
         class _Rollback(Exception):
             pass
@@ -228,9 +231,9 @@ class CatchUpRunner(LogConsumer):
                     self._handle(tx, notification)
                 raise _Rollback
         except _Rollback:
-            return len(batch)  # every event succeeded this time: the failure was not the events'
-        except Exception:
-            return index
+            return len(batch), None  # every event succeeded this time: the failure was not the events'
+        except Exception as exc:  # noqa: BLE001 - any error of an event stops the projection there
+            return index, exc
 
 
 class ProjectionEngine:

@@ -150,7 +150,8 @@ def test_an_event_stops_only_the_projections_that_act_on_its_class(services: Ser
 def test_the_events_before_a_failing_one_are_committed_even_when_their_batch_fails(services: Services) -> None:
     """The events before a failing one are committed as one batch; should that batch fail too, they
     are committed event by event, as the failure was found: a projection whose handle_batch refuses
-    any batch of more than one event still has every row before the poison and stops at it."""
+    any batch of more than one event still has every row before the poison and stops at it, with
+    the poison's own error (not the batch's)."""
     from projections.base import Projection
     from projections.runner import CatchUpRunner
 
@@ -183,7 +184,7 @@ def test_the_events_before_a_failing_one_are_committed_even_when_their_batch_fai
     runner = CatchUpRunner(projection, services.store, app.recorder, services.engine.mapper)
     assert runner.try_own()
     try:
-        with pytest.raises(ProjectionStoppedError, match=f"stopped at event {poison} "):
+        with pytest.raises(ProjectionStoppedError, match=f"stopped at event {poison} .*: ValueError: poison"):
             runner.catch_up()
         with services.store.snapshot() as tx:
             rows = [int(r[0]) for r in tx.rows("SELECT position FROM t_fussy ORDER BY position")]
