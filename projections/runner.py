@@ -150,6 +150,7 @@ class CatchUpRunner(LogConsumer):
             if self.failure is not None:
                 raise ProjectionStoppedError(self.projection.name, self.failure)
             processed = 0
+            carry: dict[str, Any] = {}  # kept from batch to batch of this call (see Tx.carry)
             while True:
                 start = self.checkpoint()
                 if until is not None and start >= until:
@@ -157,7 +158,7 @@ class CatchUpRunner(LogConsumer):
                 batch = read_after(self.recorder, start, batch_size, stop=until)
                 if not batch:
                     return processed
-                done = self._apply(start, batch)
+                done = self._apply(start, batch, carry)
                 processed += done
                 if progress:
                     progress(done)
@@ -171,8 +172,9 @@ class CatchUpRunner(LogConsumer):
         elif wanted(notification.topic, self.projection.handles):  # the others are never decoded
             self.projection.handle(tx, self.mapper.to_domain_event(notification), notification.id)
 
-    def _apply(self, start: int, batch: Sequence[Any]) -> int:
-        """Apply a batch in one transaction; on a failing event apply only what precedes it."""
+    def _apply(self, start: int, batch: Sequence[Any], carry: dict[str, Any] | None = None) -> int:
+        """Apply a batch in one transaction; on a failing event apply only what precedes it.
+        ``carry``: what the projection kept from the previous batches (emptied if this one fails)."""
         name = self.projection.name
         try:
             if self.projection.raw:
@@ -181,10 +183,13 @@ class CatchUpRunner(LogConsumer):
                 items = decode_wanted(self.mapper, batch, self.projection.handles)
             with self.store.transaction() as tx:
                 tx.defer_inserts = True  # rows written per table, not per event (a failure is found below)
+                tx.carry = carry
                 self.projection.handle_batch(tx, items)
                 tx.move_checkpoint(name, start, batch[-1].id)
             return len(batch)
         except Exception as exc:
+            if carry is not None:
+                carry.clear()  # it may hold what the rolled-back batch did
             failed_index, error = self._locate_failure(batch)
             if error is None:
                 raise  # not reproducible event by event (e.g. the database went away): retry later
@@ -324,6 +329,7 @@ class ProjectionEngine:
             # start and hand over to.
             reader: ThreadPoolExecutor | None = None
             ahead: tuple[tuple[int, Kinds], Future[_Read]] | None = None
+            carry: dict[str, Any] = {}  # kept from batch to batch of this pass (see Tx.carry); any failure ends it
             while True:
                 start = min((positions.get(r.projection.name, 0) for r in runners), default=0)
                 group = [r for r in runners if positions.get(r.projection.name, 0) == start and r.failure is None]
@@ -350,6 +356,7 @@ class ProjectionEngine:
                     decoded = Selection(items, kinds)
                     with self.store.transaction() as tx:
                         tx.defer_inserts = True  # rows written per table, not per event
+                        tx.carry = carry
                         for runner in group:
                             projection = runner.projection
                             projection.handle_batch(tx, raw_items if projection.raw else decoded.of(projection.handles))

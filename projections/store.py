@@ -74,6 +74,10 @@ class Tx:
         self._cursor = cursor
         self._pg = paramstyle == "format"
         self.defer_inserts = False
+        # What a projection keeps from one batch to the next of one pass of the runner (the runner
+        # sets it: a dict that lives only while every transaction of the pass has committed, and
+        # is dropped with the pass on any failure); None: nothing is carried (read it all here).
+        self.carry: dict[str, Any] | None = None
         self._held: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
 
     def _sql(self, sql: str) -> str:

@@ -27,6 +27,7 @@ import brings an earlier day.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from functools import partial
 from typing import Any
@@ -101,21 +102,48 @@ def bits_bytes(bits: int) -> bytes:
     return bits.to_bytes((bits.bit_length() + 7) // 8, "little")
 
 
+@dataclass
+class _Numbering:
+    """The numbering a :class:`BitNumbers` reads and extends, kept from batch to batch of a pass."""
+
+    users: dict[str, dict[str, int]] = field(default_factory=dict)  # customer -> user -> bit
+    features: dict[str, int] = field(default_factory=dict)  # feature -> bit
+    first_days: dict[str, str] = field(default_factory=dict)  # feature -> first day used
+    features_read: bool = False
+
+
 class BitNumbers:
     """The bits of users (per customer) and features (book-wide) inside one write transaction:
     the numbering read for the customers a batch touches, extended in log order (users in an
     event's order, features by name), the new numbers written back by :meth:`write`, with each
-    feature's first day in the book (lowered by an earlier day)."""
+    feature's first day in the book (lowered by an earlier day).
+
+    Within one pass of the runner (``tx.carry``), the numbering read or extended by a batch is
+    kept for the next one: a batch reads only the customers no earlier batch of the pass touched.
+    (A rebuild read the numbering of about every customer in every batch: 0.21 s of the benchmark
+    book's rebuild in batches of 20,000 events, 0.77 s in batches of 5,000.) A batch extends what
+    is kept in place; should it fail, the pass ends and what it kept goes with it."""
+
+    CARRY = "usage.bit_numbers"
 
     def __init__(self, tx: Tx, customers: Sequence[str]) -> None:
-        self.users: dict[str, dict[str, int]] = {}
+        kept = tx.carry.get(self.CARRY) if tx.carry is not None else None
+        if kept is None:
+            kept = _Numbering()
+            if tx.carry is not None:
+                tx.carry[self.CARRY] = kept
+        self.users = kept.users
         self.changed: set[str] = set()
-        for row in tx.fetchall_in(f"SELECT customer_id, users FROM {USER_BITS} WHERE customer_id", sorted(set(customers))):
+        unread = sorted(set(customers) - self.users.keys())
+        for row in tx.fetchall_in(f"SELECT customer_id, users FROM {USER_BITS} WHERE customer_id", unread):
             self.users[row["customer_id"]] = {u: n for n, u in enumerate(orjson.loads(row["users"]))}
-        self.features: dict[str, int] = {}
-        self.first_days: dict[str, str] = {}
-        for feature, bit, first_day in tx.rows(f"SELECT feature, bit, first_day FROM {FEATURE_BITS}"):
-            self.features[feature], self.first_days[feature] = int(bit), first_day
+        for customer_id in unread:
+            self.users.setdefault(customer_id, {})  # none yet: read, and kept as such
+        self.features, self.first_days = kept.features, kept.first_days
+        if not kept.features_read:
+            for feature, bit, first_day in tx.rows(f"SELECT feature, bit, first_day FROM {FEATURE_BITS}"):
+                self.features[feature], self.first_days[feature] = int(bit), first_day
+            kept.features_read = True
         self.new_features: set[str] = set()
         self.earlier: set[str] = set()  # features whose first day moved back
 

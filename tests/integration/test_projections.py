@@ -309,6 +309,28 @@ def test_rebuild_and_event_by_event_reproduce_every_signal_row(services: Service
     assert _rows(services) == incremental
 
 
+def test_a_pass_of_many_batches_after_an_earlier_pass_folds_the_same_usage_rows(services: Services) -> None:
+    """A pass keeps the usage numbering from batch to batch (``Tx.carry``); a pass that starts where
+    an earlier one stopped must still read the numbering of customers its later batches first
+    touch: the first half of the log in one pass, the rest in batches of two events, gives the rows
+    of one pass over everything."""
+    _populate_signals(services)
+    services.engine.ensure_current()
+    expected = _rows(services)
+    runner = services.engine.runners["usage_v5"]
+    head = services.app.last_position()
+    for split in (head // 3, head // 2, 2 * head // 3):
+        with services.store.transaction() as tx:
+            runner.projection.drop(tx)
+            for statement in runner.projection.schema_for(services.store.backend):
+                tx.execute(statement)
+            tx.execute("UPDATE cs_checkpoints SET position = 0 WHERE name = ?", (runner.projection.name,))
+        runner.catch_up(until=split)
+        runner.catch_up(batch_size=2)
+        assert runner.checkpoint() == head
+        assert _rows(services) == expected, split
+
+
 def test_usage_users_view_holds_one_row_per_user_and_day_counted(services: Services) -> None:
     """The users of a day are stored as one array per day; the view shows the rows the former
     table held: one per (customer, day, user) counted by the log, across imports, none for unmatched."""
