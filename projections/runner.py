@@ -172,15 +172,19 @@ class CatchUpRunner(LogConsumer):
         elif wanted(notification.topic, self.projection.handles):  # the others are never decoded
             self.projection.handle(tx, self.mapper.to_domain_event(notification), notification.id)
 
+    def _items(self, notifications: Sequence[Any]) -> list[tuple[Any, int]]:
+        """What ``handle_batch`` is given for ``notifications``: each with its position, as stored
+        (a raw projection) or decoded (only the events it acts on)."""
+        if self.projection.raw:
+            return [(n, n.id) for n in notifications]
+        return decode_wanted(self.mapper, notifications, self.projection.handles)
+
     def _apply(self, start: int, batch: Sequence[Any], carry: dict[str, Any] | None = None) -> int:
         """Apply a batch in one transaction; on a failing event apply only what precedes it.
         ``carry``: what the projection kept from the previous batches (emptied if this one fails)."""
         name = self.projection.name
         try:
-            if self.projection.raw:
-                items = [(n, n.id) for n in batch]
-            else:
-                items = decode_wanted(self.mapper, batch, self.projection.handles)
+            items = self._items(batch)
             with self.store.transaction() as tx:
                 tx.defer_inserts = True  # rows written per table, not per event (a failure is found below)
                 tx.carry = carry
@@ -210,10 +214,7 @@ class CatchUpRunner(LogConsumer):
         try:
             with self.store.transaction() as tx:
                 tx.defer_inserts = True
-                if self.projection.raw:
-                    self.projection.handle_batch(tx, [(n, n.id) for n in good])
-                else:
-                    self.projection.handle_batch(tx, decode_wanted(self.mapper, good, self.projection.handles))
+                self.projection.handle_batch(tx, self._items(good))
                 tx.move_checkpoint(name, start, good[-1].id)
         except Exception as exc:  # noqa: BLE001 - event by event, as the failure was found
             log.warning("projection.prefix_batch_failed", projection=name, error=f"{type(exc).__name__}: {exc}")
