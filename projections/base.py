@@ -53,13 +53,20 @@ class Projection(ABC):
             tx.execute(f"DROP TABLE IF EXISTS {table}")
 
 
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` as an aware UTC datetime (naive = UTC); one already in UTC, as stored moments are,
+    as it is. (The projections' one such helper; ``events.replay.as_utc`` is the events' own.)"""
+    if moment.tzinfo is timezone.utc:
+        return moment
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
 def utc_iso(moment: datetime) -> str:
     """A fixed-width UTC timestamp that sorts as text the way it sorts in time (naive = UTC):
     ``YYYY-MM-DDTHH:MM:SS.ffffff+00:00``, the text ``strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")``
     writes, through ``isoformat`` (under half its CPU; every timeline, ticket and e-mail row
     writes one or two). Before year 1000 strftime writes the year unpadded, and still does here."""
-    if moment.tzinfo is not timezone.utc:
-        moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    moment = as_utc(moment)
     if moment.year < 1000:
         return moment.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
     return moment.isoformat(timespec="microseconds")

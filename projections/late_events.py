@@ -16,10 +16,10 @@ incremental folding leaves (before the job consumed any).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from typing import Any
 
-from projections.base import Projection
+from projections.base import Projection, as_utc
 from projections.store import Tx
 
 LATE_DAYS = "cs_late_event_days_v1"
@@ -37,9 +37,7 @@ def late_day(event: Any) -> str | None:
 
 
 def _utc_day(moment: datetime) -> date:
-    if moment.tzinfo is not timezone.utc:  # (stored moments are UTC: this is the rare path)
-        moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-    return moment.date()
+    return as_utc(moment).date()
 
 
 class LateEventsProjection(Projection):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from projections.base import utc_iso
+from projections.base import as_utc, utc_iso
 
 ONBOARDING_DAYS = 90
 RENEWAL_WINDOW_DAYS = 90
@@ -183,11 +183,6 @@ def time_in_stage(periods: list[Period]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------- helpers
-def as_utc(moment: datetime) -> datetime:
-    """An aware UTC datetime (naive = UTC)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def parse_utc(text: str) -> datetime:
     return as_utc(datetime.fromisoformat(text))
 

@@ -20,7 +20,7 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from uuid import UUID
 
-from projections.base import utc_iso
+from projections.base import as_utc, utc_iso
 from projections.health import health_as_of, score_customer
 from projections.health_history import HISTORY, ensure_table
 from projections.health_inputs import CONTRACTS, OVERRIDES
@@ -28,7 +28,6 @@ from projections.health_inputs_query import contract_timeline, gather
 from projections.lifecycle import (
     Period,
     Stage,
-    as_utc,
     band_matters,
     collapse,
     onboarding_plan_completed_on,

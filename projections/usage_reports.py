@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
-from projections.base import utc_iso
+from projections.base import as_utc, utc_iso
 from projections.health_inputs import CONTRACTS
 from projections.health_inputs_query import (
     SESSION_LIKE,
@@ -101,11 +101,6 @@ def _rel(now: int, before: int) -> float | None:
     return round((now - before) / before, 3) if before else None
 
 
-def utc(moment: datetime) -> datetime:
-    """The instant in UTC (naive = UTC): its date is the first day not counted."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _window(start: date, end: date) -> dict[str, Any]:
     return {"start": start, "end": end, "days": (end - start).days}
 
@@ -133,7 +128,7 @@ def no_usage_note(tx: Tx, customer_id: str, stop: date) -> str:
 # ------------------------------------------------------------------------------- engagement
 def engagement(tx: Tx, customer_id: str, as_of: datetime, days: int, granularity: Granularity) -> dict[str, Any]:
     """One customer's usage over the ``days`` days before as_of's date, per bucket, with its trend."""
-    as_of = utc(as_of)
+    as_of = as_utc(as_of)  # its date is the first day not counted
     stop = as_of.date()
     start, previous = stop - timedelta(days=days), stop - timedelta(days=2 * days)
     who = profile(tx, customer_id)
@@ -221,7 +216,7 @@ def _months(first: date, last: date) -> list[tuple[str, date]]:
 
 def feature_adoption(tx: Tx, as_of: datetime, days: int, feature: str | None, customer_id: str | None,
                      limit: int) -> dict[str, Any]:  # fmt: skip
-    as_of = utc(as_of)
+    as_of = as_utc(as_of)  # its date is the first day not counted
     at, stop = utc_iso(as_of), as_of.date()
     start = stop - timedelta(days=days)
     keys, source, card_at = key_features(tx, as_of)
@@ -392,7 +387,7 @@ def _declining(series: list[int], week_starts: list[date]) -> dict[str, Any]:
 
 def engagement_patterns(tx: Tx, as_of: datetime, days: int, threshold: float, weeks: int) -> dict[str, Any]:
     """Every pattern of every customer registered and not churned before as_of (all entries, sorted)."""
-    as_of = utc(as_of)
+    as_of = as_utc(as_of)  # its date is the first day not counted
     at, stop = utc_iso(as_of), as_of.date()
     start, previous = stop - timedelta(days=days), stop - timedelta(days=2 * days)
     window, before = _window(start, stop), _window(previous, start)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_server.services import Services
 from mcp_server.tools.common import after_write, command_meta, read_ready, services, tool_errors
+from projections.base import as_utc
 from projections.cursor import decode_cursor, encode_cursor
 from projections.lifecycle import NOTES, STAGE_ORDER, Period, Stage, parse_utc, time_in_stage
 from projections.lifecycle_query import stage_history, stages_at
@@ -72,9 +73,7 @@ class LifecycleResult(BaseModel):
 
 
 def _utc(moment: datetime | None) -> datetime:
-    if moment is None:
-        return datetime.now(UTC)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return as_utc(moment) if moment is not None else datetime.now(UTC)
 
 
 def _names(svc: Services, ids: list[str] | None = None) -> dict[str, tuple[str, str]]:

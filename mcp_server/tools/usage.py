@@ -11,11 +11,11 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from mcp_server.tools.common import read_ready, services, tool_errors
+from projections.base import as_utc
 from projections.usage_reports import (
     engagement,
     engagement_patterns,
     feature_adoption,
-    utc,
 )
 
 ClientId = Annotated[str, Field(min_length=1, max_length=64, description="external key (e.g. 'acme-corp') or customer id")]
@@ -218,7 +218,7 @@ class EngagementPatterns(BaseModel):
 
 
 def _moment(as_of: datetime | None) -> datetime:
-    return utc(as_of) if as_of is not None else datetime.now(UTC)
+    return as_utc(as_of) if as_of is not None else datetime.now(UTC)
 
 
 LISTS = ("drops", "spikes", "dormant_accounts", "dormant_users", "declining")
