@@ -114,16 +114,20 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    """The sample book through the same import paths a user runs: customers, then each vendor's
+    """The sample book through the same import paths a user runs: customers (their dates moved to
+    the day of the first demo into this store, see sample_data.sample_shift), then each vendor's
     files (generated for today into DATA_DIR/demo), then the dashboard."""
-    customers_csv = (resources.files("mcp_server") / "sample" / "customers.csv").read_text(encoding="utf-8")
+    written = (resources.files("mcp_server") / "sample" / "customers.csv").read_text(encoding="utf-8")
     console = None if args.json else _console()
     signals: dict[str, Any] = {}
+    today = date.today()
     with open_services(settings) as svc:
+        shift = sample_data.sample_shift(svc.app, written, today)
+        customers_csv = sample_data.shift_dates(written, shift)
         report = _run_import(svc, "customers", io.StringIO(customers_csv), "customers.csv", None, show=not args.json)
         if console:
             _print_import(report, as_json=False)
-        files = sample_data.write_sample_files(customers_csv, settings.data_dir / "demo", date.today())
+        files = sample_data.write_sample_files(customers_csv, settings.data_dir / "demo", today)
         for source, path in files.items():
             with path.open(encoding="utf-8", newline="") as stream:
                 batch = cli_connectors.import_signals(svc, source, stream, path.name, console)
@@ -131,10 +135,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             if console:
                 cli_connectors.print_batch(console, batch, False, f"{source} {path.name}")
         processed = svc.engine.ensure_current()
-        data = dashboard.collect(svc)
+        data = dashboard.collect(svc, today)
     if args.json:
-        print(json.dumps({"import": report.as_dict(), "signals": signals, "dashboard": data, "log_position": processed},
-                         default=str))  # fmt: skip
+        print(json.dumps({"import": report.as_dict(), "signals": signals, "dashboard": data, "log_position": processed,
+                          "sample_dates_moved_by_days": shift}, default=str))  # fmt: skip
         return 0
     dashboard.render(_console(), data, settings)
     return 0

@@ -4,6 +4,13 @@ Every value is derived deterministically from the customer's key and the day (SH
 random numbers), so two runs on the same day produce identical files and a re-import records
 nothing new. A few accounts are given a story a CSM should spot: usage falling away, tickets
 piling up, a detractor NPS, e-mails bouncing.
+
+The book itself (``sample/customers.csv``) was written as of :data:`SAMPLE_DAY`: its contract
+dates tell their stories relative to that day (a renewal in two weeks, one just missed, churns
+two and three months ago). The demo moves every date of the book by the same number of days so
+that it stands as written on the day of the first demo into a store, and keeps that shift on
+later runs (:func:`sample_shift`), so a second run records nothing new and time passes for the
+book as it would for a real one.
 """
 
 from __future__ import annotations
@@ -17,6 +24,10 @@ from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from eventsourcing.application import AggregateNotFoundError
+
+from events.domain import customer_id_for
+
 FEATURES = ("Viewed Dashboard", "Created Report", "Exported CSV", "Invited Teammate", "Configured Integration")
 DAYS = 60
 # Stories: key -> (usage trend per day over the window, tickets, nps score, e-mail bounces)
@@ -27,6 +38,8 @@ STORIES: dict[str, dict[str, Any]] = {
     "cobalt-energy": {"trend": -0.3, "tickets": 4, "urgent": 1, "nps": 7, "bounce": False},
 }
 HEALTHY = {"trend": 0.1, "tickets": 1, "urgent": 0, "nps": 9, "bounce": False}
+SAMPLE_DAY = date(2026, 11, 25)  # the day the dates of sample/customers.csv were written for
+DATE_COLUMNS = ("contract_start", "renewal_date", "churned_at")  # moved together by sample_shift's days
 
 
 def unit(*parts: object) -> float:
@@ -56,6 +69,38 @@ def read_customers(csv_text: str) -> list[SampleCustomer]:
         )  # fmt: skip
         for r in csv.DictReader(io.StringIO(csv_text))
     ]
+
+
+def shift_dates(customers_csv: str, days: int) -> str:
+    """The sample book with every date of :data:`DATE_COLUMNS` moved by ``days`` days (empty cells
+    and every other column as they are)."""
+    reader = csv.DictReader(io.StringIO(customers_csv))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(reader.fieldnames or ()), lineterminator="\n")
+    writer.writeheader()
+    for row in reader:
+        for column in DATE_COLUMNS:
+            if row.get(column):
+                row[column] = (date.fromisoformat(row[column]) + timedelta(days=days)).isoformat()
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def sample_shift(app: Any, customers_csv: str, today: date) -> int:
+    """The days to move the sample book's dates by (:func:`shift_dates`): from :data:`SAMPLE_DAY` to
+    ``today`` on the first demo into this store; on later runs, the shift the first run applied,
+    read from the contract start the book's first customer was registered with (edits made since
+    do not change it). A customer of that key registered otherwise, without a contract start, is
+    not the sample's: the shift is then today's."""
+    first = next(csv.DictReader(io.StringIO(customers_csv)))
+    try:
+        registered = app.repository.get(customer_id_for(first["external_key"]), version=1)
+    except AggregateNotFoundError:
+        return (today - SAMPLE_DAY).days
+    start = registered.profile.get("contract_start")
+    if not start or not first.get("contract_start"):
+        return (today - SAMPLE_DAY).days
+    return (date.fromisoformat(str(start)[:10]) - date.fromisoformat(first["contract_start"])).days
 
 
 def _at(day: date, fraction: float) -> datetime:

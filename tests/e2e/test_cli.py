@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
+from mcp_server.sample_data import SAMPLE_DAY
 from tests.conftest import MASTER_KEY
 
 CS = Path(sys.executable).with_name("cs")
+SAMPLE = Path(__file__).parents[2] / "mcp_server/sample/customers.csv"
 HEADER = (
     "external_key,name,domain,industry,tier,arr,seats,contract_start,renewal_date,owner,contact_name,contact_email\n"
 )
@@ -26,15 +31,21 @@ def test_demo_loads_the_sample_book_and_is_repeatable(tmp_path: Path) -> None:
     first = cs(tmp_path, "demo", "--json")
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
-    sample_rows = len((Path(__file__).parents[2] / "mcp_server/sample/customers.csv").read_text().splitlines()) - 1
+    sample_rows = len(SAMPLE.read_text().splitlines()) - 1
     assert report["import"]["created"] == sample_rows and report["import"]["rejected"] == []
     board = report["dashboard"]
     assert board["customers"] == sample_rows and board["churned"] == 2
     assert board["active_arr"] == sum(r["arr"] for r in board["rows"] if r["status"] == "active")
+    # The book stands as it was written (a renewal in 19 days, one missed 11 days ago...) whatever today is.
+    written = {r["external_key"]: r for r in csv.DictReader(io.StringIO(SAMPLE.read_text()))}
+    for row in board["rows"]:
+        due = date.fromisoformat(written[row["external_key"]]["renewal_date"])
+        assert row["days_to_renewal"] == (due - SAMPLE_DAY).days, row["external_key"]
 
     second = json.loads(cs(tmp_path, "demo", "--json").stdout)
     assert second["import"]["unchanged"] == sample_rows and second["import"]["created"] == 0
     assert second["log_position"] == report["log_position"]
+    assert second["sample_dates_moved_by_days"] == report["sample_dates_moved_by_days"]
 
     human = cs(tmp_path, "demo")
     assert human.returncode == 0 and "Northwind Logistics" in human.stdout and "cs serve" in human.stdout
