@@ -16,7 +16,7 @@ from statistics import fmean
 from typing import Any
 from uuid import UUID
 
-from events.scorecard import COMPONENTS, ScorecardConfig
+from events.scorecard import COMPONENTS
 from projections.feedback import nps_of
 from projections.health_inputs_query import BookInputs, Inputs, days_between, gather_at
 from projections.store import Tx, ViewStore
@@ -68,6 +68,11 @@ def band_of(score: float | None, bands: dict[str, float]) -> str:
     if score is None:
         return "unknown"
     return "green" if score >= bands["green"] else ("yellow" if score >= bands["yellow"] else "red")
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 ("1 open ticket", "3 open tickets")."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _clamp(value: float) -> float:
@@ -127,8 +132,8 @@ def support_component(i: Inputs, weight: float, connected: bool) -> Component:
         return Component("support", None, weight, inputs, why)
     base = 100 - OPEN_TICKET_PENALTY * len(open_tickets) - HIGH_PRIORITY_PENALTY * len(high)
     score = 0.6 * _clamp(base) + 0.4 * 100 * csat if csat is not None else base
-    reason = f"{len(open_tickets)} open tickets ({len(high)} high priority)"
-    reason += f", CSAT {csat:.0%} over {len(i.csat_90d)} ratings in 90 days" if csat is not None else ", no CSAT in 90 days"
+    reason = f"{counted(len(open_tickets), 'open ticket')} ({len(high)} high priority)"
+    reason += f", CSAT {csat:.0%} over {counted(len(i.csat_90d), 'rating')} in 90 days" if csat is not None else ", no CSAT in 90 days"
     return Component("support", _clamp(score), weight, inputs, reason)
 
 
@@ -153,12 +158,12 @@ def engagement_component(i: Inputs, weight: float, as_of: datetime) -> Component
     if not i.email_kinds:
         return Component("engagement", None, weight, inputs, "no e-mail or interaction records for this customer")
     if not touches:
-        return Component("engagement", 0.0, weight, inputs, f"no open, click or reply on record ({sent} e-mails sent)")
+        return Component("engagement", 0.0, weight, inputs, f"no open, click or reply on record ({counted(sent, 'e-mail')} sent)")
     days = days_between(as_of.date(), max(touches))
     inputs["days_since_touch"] = days
     span = DISENGAGED_AFTER_DAYS - ENGAGED_WITHIN_DAYS
     score = 100 if days <= ENGAGED_WITHIN_DAYS else 100 * max(0, DISENGAGED_AFTER_DAYS - days) / span
-    return Component("engagement", _clamp(score), weight, inputs, f"last two-way touch {days} days ago")
+    return Component("engagement", _clamp(score), weight, inputs, f"last two-way touch {counted(days, 'day')} ago")
 
 
 def financial_component(i: Inputs, weight: float, as_of: datetime) -> Component:
@@ -172,11 +177,12 @@ def financial_component(i: Inputs, weight: float, as_of: datetime) -> Component:
         days = (date.fromisoformat(renewal) - as_of.date()).days
         inputs["days_to_renewal"] = days
         if days < 0:
-            score, reasons = 20.0, [f"renewal date passed {-days} days ago with no renewal recorded"]
+            score, reasons = 20.0, [f"renewal date passed {counted(-days, 'day')} ago with no renewal recorded"]
         elif days <= 30:
-            score, reasons = 50.0, [f"renews in {days} days with no renewal signal"]
+            when = "today" if days == 0 else f"in {counted(days, 'day')}"
+            score, reasons = 50.0, [f"renews {when} with no renewal signal"]
         elif days <= 90:
-            score, reasons = 75.0, [f"renews in {days} days with no renewal signal"]
+            score, reasons = 75.0, [f"renews in {counted(days, 'day')} with no renewal signal"]
     if arr is not None and i.arr_180d_max and arr < i.arr_180d_max:
         drop = 1 - arr / i.arr_180d_max
         inputs["contraction_180d"] = round(drop, 3)

@@ -1,0 +1,34 @@
+"""The components' reasons read as sentences: a count of one is singular, a renewal on the day is "today"."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from projections.health import counted, engagement_component, financial_component, support_component
+from projections.health_inputs_query import Inputs
+
+AS_OF = datetime(2026, 12, 1, 12, tzinfo=UTC)
+
+
+def test_counted_is_singular_for_one_only() -> None:
+    assert [counted(n, "day") for n in (0, 1, 2)] == ["0 days", "1 day", "2 days"]
+
+
+def test_one_ticket_one_rating_one_email_one_day() -> None:
+    one = Inputs("c", {"arr": 1000.0, "renewal_date": "2026-12-02"},
+                 tickets=[{"solved": False, "priority": "normal"}], csat_90d=[1.0],
+                 email_kinds={"delivered": (1, "2026-11-20"), "open": (1, "2026-11-30")})  # fmt: skip
+    assert support_component(one, 15, True).reason == "1 open ticket (0 high priority), CSAT 100% over 1 rating in 90 days"
+    assert engagement_component(one, 10, AS_OF).reason == "last two-way touch 1 day ago"
+    assert financial_component(one, 10, AS_OF).reason == "renews in 1 day with no renewal signal"
+    unopened = Inputs("c", {"renewal_date": "2026-11-30"}, email_kinds={"delivered": (1, "2026-11-20")})
+    assert engagement_component(unopened, 10, AS_OF).reason == "no open, click or reply on record (1 e-mail sent)"
+    assert financial_component(unopened, 10, AS_OF).reason == "renewal date passed 1 day ago with no renewal recorded"
+
+
+def test_many_are_plural_and_the_day_itself_is_today() -> None:
+    many = Inputs("c", {"renewal_date": "2026-12-01"},
+                  tickets=[{"solved": False, "priority": "urgent"}, {"solved": False, "priority": "low"}],
+                  csat_90d=[0.5, 1.0])  # fmt: skip
+    assert support_component(many, 15, True).reason == "2 open tickets (1 high priority), CSAT 75% over 2 ratings in 90 days"
+    assert financial_component(many, 10, AS_OF).reason == "renews today with no renewal signal"
