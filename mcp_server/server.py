@@ -9,6 +9,7 @@ import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 
 from events.settings import Settings
+from mcp_server.arguments import StrictToolsServer
 from mcp_server.services import Services, open_services
 from mcp_server.tools import connectors as connector_tools
 from mcp_server.tools import core
@@ -60,7 +61,8 @@ def build_server(
                 if on_close:
                     await anyio.to_thread.run_sync(on_close)
 
-    mcp: MCPServer[Services] = MCPServer(
+    # Arguments a tool does not take are refused, not ignored (see mcp_server/arguments.py).
+    mcp: MCPServer[Services] = StrictToolsServer(
         name="cs-backend", instructions=INSTRUCTIONS, version="0.1.0", lifespan=lifespan
     )
     core.register(mcp)
