@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from mcp.server.mcpserver import Context
@@ -12,6 +13,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from events.commands import CommandMeta
 from events.errors import CSError
 from mcp_server.services import Services
+from projections.base import as_utc
 from projections.runner import ProjectionStoppedError, ViewsBehindError
 
 
@@ -52,6 +54,32 @@ def after_write(svc: Services, position: int | None) -> None:
     """Fold a command's events now, so the next read costs nothing extra."""
     if position is not None:
         svc.engine.wake()
+
+
+def instant(moment: datetime | None) -> datetime:
+    """An instant a caller gave, in UTC (without a zone it is UTC); now when not given."""
+    return as_utc(moment) if moment is not None else datetime.now(UTC)
+
+
+def future_note(**instants: datetime | None) -> str | None:
+    """What an answer as of an instant after now is worth, said in the result (None: every instant
+    given is now or earlier). Such an answer is computed like any other, from the events recorded
+    so far: the days after now count as days without activity (usage, touches), and events that
+    occur before that instant will still change it. It reads like data, so it says it is not a
+    forecast. (An override's end, say, can be checked this way: the tests of expiry do.)"""
+    now = datetime.now(UTC)
+    later = [f"{name} {as_utc(m).isoformat()}" for name, m in instants.items() if m is not None and as_utc(m) > now]
+    if not later:
+        return None
+    return (f"{' and '.join(later)} {'is' if len(later) == 1 else 'are'} after now "
+            f"({now.isoformat(timespec='seconds')}): computed from what is recorded so far, with the days after "
+            "now counted as days without activity; events that occur before then will change it. Not a forecast.")
+
+
+def joined(*notes: str | None) -> str | None:
+    """The notes given, in order, as one (None when there are none)."""
+    present = [n for n in notes if n]
+    return "; ".join(present) if present else None
 
 
 def none_if_empty(value: Any) -> Any:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from events.replay import as_utc, customer_state_as_of
 from mcp_server.schemas import Contact
 from mcp_server.services import Services
-from mcp_server.tools.common import services, tool_errors
+from mcp_server.tools.common import future_note, services, tool_errors
 from projections.audit import VerifyReport, catch_up_chain, verify_chain
 
 ClientId = Annotated[
@@ -93,9 +93,11 @@ def state_as_of(svc: Services, client_id: str, as_of: datetime, known_at: dateti
         last_position=state["last_position"],
         events=[ReplayedEvent(**e) for e in state["events"]],
     )
+    ahead = future_note(as_of=as_of, known_at=known_at)
     return StateAsOf(
         client_id=client_id, as_of=when, known_at=known, existed=True, state=replayed,
-        message=f"{len(replayed.events)} event(s) replayed up to position {replayed.last_position}",
+        message=f"{len(replayed.events)} event(s) replayed up to position {replayed.last_position}"
+        + (f"; {ahead}" if ahead else ""),
     )  # fmt: skip
 
 

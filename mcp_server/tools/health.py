@@ -3,7 +3,7 @@ backtest_health_model. All of them read the views built from events (see project
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from events.errors import CustomerNotFoundError
 from mcp_server.services import Services
-from mcp_server.tools.common import after_write, command_meta, read_ready, services, tool_errors
+from mcp_server.tools.common import after_write, command_meta, future_note, instant, joined, read_ready, services, tool_errors
 from projections.backtest import backtest
 from projections.health import Health, compare, health_at
 from projections.store import Tx
@@ -55,12 +55,7 @@ class HealthReport(BaseModel):
     items: list[HealthScore] = Field(default_factory=list, description="the book, worst first (no client_id)")
     next_cursor: str | None = None
     summary: dict[str, int] | None = Field(None, description="customers per band across the whole selection")
-
-
-def _now(moment: datetime | None) -> datetime:
-    if moment is None:
-        return datetime.now(timezone.utc)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    note: str | None = Field(None, description="set when as_of or compare_to is after now (the answer is not a forecast)")
 
 
 def _out(h: Health, prior: Health | None, names: dict[str, tuple[str, str]]) -> HealthScore:
@@ -119,12 +114,13 @@ def register(mcp: MCPServer) -> None:
         the change between the two instants component by component. Computed from events only;
         components without data are left out and lower the confidence."""
         svc = services(ctx)
-        moment = _now(as_of)
+        moment = instant(as_of)
+        note = future_note(as_of=as_of, compare_to=compare_to)
         with tool_errors():
             read_ready(svc)
             if client_id:
-                one = one_customer(svc, client_id, moment, _now(compare_to) if compare_to else None, include_history)
-                return HealthReport(as_of=moment, customer=one)
+                one = one_customer(svc, client_id, moment, instant(compare_to) if compare_to else None, include_history)
+                return HealthReport(as_of=moment, customer=one, note=note)
             with svc.store.snapshot() as tx:  # both instants and the names from one consistent read
                 scores, prior = health_at(tx, [moment, moment - timedelta(days=30)])
                 names = _names_in(tx)
@@ -139,7 +135,7 @@ def register(mcp: MCPServer) -> None:
         page = selected[start : start + limit]
         next_cursor = str(start + limit) if start + limit < len(selected) else None
         return HealthReport(as_of=moment, items=[_out(h, prior.get(h.customer_id), names) for h in page],
-                          next_cursor=next_cursor, summary=summary)  # fmt: skip
+                          next_cursor=next_cursor, summary=summary, note=note)  # fmt: skip
 
     @mcp.tool(annotations=ToolAnnotations(title="Configure the health scorecard", read_only_hint=False,
                                           destructive_hint=False, idempotent_hint=True))  # fmt: skip
@@ -182,7 +178,7 @@ def register(mcp: MCPServer) -> None:
                                                          "expires_at": expires_at}, meta.actor, meta)  # fmt: skip
         after_write(svc, result.position)
         return {"client_id": result.external_key, "status": "overridden", "position": result.position,
-                "band": band, "score": score, "expires_at": _now(expires_at).isoformat()}  # fmt: skip
+                "band": band, "score": score, "expires_at": instant(expires_at).isoformat()}  # fmt: skip
 
     @mcp.tool(annotations=ToolAnnotations(title="Backtest the health model", read_only_hint=True))
     def backtest_health_model(
@@ -197,4 +193,6 @@ def register(mcp: MCPServer) -> None:
         svc = services(ctx)
         with tool_errors():
             read_ready(svc)
-            return backtest(svc.store, _now(as_of), days_before)
+            report = backtest(svc.store, instant(as_of), days_before)
+        note = joined(report.get("note"), future_note(as_of=as_of))
+        return {**report, "note": note} if note else report

@@ -14,8 +14,7 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_server.services import Services
-from mcp_server.tools.common import after_write, command_meta, read_ready, services, tool_errors
-from projections.base import as_utc
+from mcp_server.tools.common import after_write, command_meta, future_note, instant, read_ready, services, tool_errors
 from projections.cursor import decode_cursor, encode_cursor
 from projections.lifecycle import NOTES, STAGE_ORDER, Period, Stage, parse_utc, time_in_stage
 from projections.lifecycle_query import stage_history, stages_at
@@ -70,10 +69,6 @@ class LifecycleResult(BaseModel):
     recorded: dict[str, Any] | None = Field(default=None, description="override: what was recorded, and the override it replaces")
     position: int | None = Field(default=None, description="override: log position of the write")
     notes: list[str] = Field(default_factory=list)
-
-
-def _utc(moment: datetime | None) -> datetime:
-    return as_utc(moment) if moment is not None else datetime.now(UTC)
 
 
 def _names(svc: Services, ids: list[str] | None = None) -> dict[str, tuple[str, str]]:
@@ -172,15 +167,20 @@ def register(mcp: MCPServer) -> None:
         future expires_at (the author is the calling client; the derived stage applies again
         after it); 'list' customers per stage (counts and paginated members)."""
         svc = services(ctx)
-        moment = _utc(as_of)
+        moment = instant(as_of)
         with tool_errors():
             if action == "override":
                 return _override(ctx, svc, client_id, stage, reason, expires_at)
             read_ready(svc)
             if action == "list":
-                return book_by_stage(svc, moment, stage, limit, cursor)
-            key = _need(client_id, "client_id", action, "pass the external key (e.g. 'acme-corp') or the customer id")
-            return customer_stage(svc, key, moment, action == "history", limit, cursor)
+                result = book_by_stage(svc, moment, stage, limit, cursor)
+            else:
+                key = _need(client_id, "client_id", action, "pass the external key (e.g. 'acme-corp') or the customer id")
+                result = customer_stage(svc, key, moment, action == "history", limit, cursor)
+        note = future_note(as_of=as_of)
+        if note:
+            result.notes.append(note)
+        return result
 
 
 def _override(ctx: Context, svc: Services, client_id: str | None, stage: str | None, reason: str | None,
@@ -188,7 +188,7 @@ def _override(ctx: Context, svc: Services, client_id: str | None, stage: str | N
     key = _need(client_id, "client_id", "override", "pass the external key (e.g. 'acme-corp') or the customer id")
     stage = _need(stage, "stage", "override", f"one of: {', '.join(STAGE_ORDER)}")
     reason = _need(reason, "reason", "override", "say why the stage is set by hand (3-500 characters)")
-    expires = _utc(_need(expires_at, "expires_at", "override", "give a future instant at which the override ends"))
+    expires = instant(_need(expires_at, "expires_at", "override", "give a future instant at which the override ends"))
     meta = command_meta(ctx, "manage_lifecycle_stages")
     before = svc.app.get_customer(key).stage_override
     replaces = before if before and parse_utc(before["expires_at"]) > meta.occurred_at else None

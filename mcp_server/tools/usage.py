@@ -3,15 +3,14 @@ All read the usage views through projections/usage_reports.py, as of any instant
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from mcp_server.tools.common import read_ready, services, tool_errors
-from projections.base import as_utc
+from mcp_server.tools.common import future_note, instant, joined, read_ready, services, tool_errors
 from projections.usage_reports import (
     engagement,
     engagement_patterns,
@@ -217,10 +216,6 @@ class EngagementPatterns(BaseModel):
     note: str | None = None
 
 
-def _moment(as_of: datetime | None) -> datetime:
-    return as_utc(as_of) if as_of is not None else datetime.now(UTC)
-
-
 LISTS = ("drops", "spikes", "dormant_accounts", "dormant_users", "declining")
 
 
@@ -242,7 +237,9 @@ def register(mcp: MCPServer) -> None:
             read_ready(svc)
             cid = svc.app.resolve(client_id)
             with svc.store.snapshot() as tx:
-                return UsageEngagement.model_validate(engagement(tx, str(cid), _moment(as_of), days, granularity))
+                report = engagement(tx, str(cid), instant(as_of), days, granularity)
+        report["note"] = joined(report.get("note"), future_note(as_of=as_of))
+        return UsageEngagement.model_validate(report)
 
     @mcp.tool(annotations=ToolAnnotations(title="Feature adoption", read_only_hint=True))
     def track_feature_adoption(
@@ -263,7 +260,8 @@ def register(mcp: MCPServer) -> None:
             read_ready(svc)
             cid = str(svc.app.resolve(client_id)) if client_id else None
             with svc.store.snapshot() as tx:
-                report = feature_adoption(tx, _moment(as_of), days, feature, cid, limit)
+                report = feature_adoption(tx, instant(as_of), days, feature, cid, limit)
+        report["note"] = joined(report.get("note"), future_note(as_of=as_of))
         return FeatureAdoption.model_validate(report)
 
     @mcp.tool(annotations=ToolAnnotations(title="Engagement patterns", read_only_hint=True))
@@ -284,7 +282,8 @@ def register(mcp: MCPServer) -> None:
         with tool_errors():
             read_ready(svc)
             with svc.store.snapshot() as tx:
-                report = engagement_patterns(tx, _moment(as_of), days, threshold, weeks)
+                report = engagement_patterns(tx, instant(as_of), days, threshold, weeks)
+        report["note"] = joined(report.get("note"), future_note(as_of=as_of))
         report["counts"] = {k: len(report[k]) for k in LISTS}
         for k in LISTS:
             report[k] = report[k][:limit]
