@@ -23,12 +23,6 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 from events.domain import CONTRACT_FIELDS, PROFILE_FIELDS, Customer, event_type
 from events.personal import ERASED, PersonalDataCodec
 
-HEALTH_NOTE = (
-    "health as of a past instant is not computed yet: no health signals are replayed "
-    "(the score stays null rather than a made-up number)"
-)
-
-
 def as_utc(moment: datetime) -> datetime:
     """An aware UTC datetime (naive = UTC)."""
     if moment.tzinfo is None:
@@ -138,8 +132,8 @@ def customer_state_as_of(
     The state: ``id``, ``external_key``, ``profile`` (profile and contract fields),
     ``contacts`` (personal fields decrypted, '[erased]' when the key is gone), ``status``,
     ``churned_on``, ``churn_reason``, ``registered_at``, ``events`` (each applied event's
-    position, type, occurred_at and recorded_at), ``last_position``, ``as_of``, ``known_at``
-    and ``health`` (null with a note: not replayed yet)."""
+    position, type, occurred_at and recorded_at), ``last_position``, ``as_of`` and ``known_at``.
+    (Health is the health model's, from the views: ``mcp_server.tools.governance.state_as_of``.)"""
     as_of = as_utc(as_of)
     known = as_utc(known_at) if known_at is not None else None
     customer_id = app.resolve(client_id)
@@ -158,5 +152,4 @@ def customer_state_as_of(
     state["last_position"] = state["events"][-1]["position"]
     state["as_of"] = as_of
     state["known_at"] = known
-    state["health"] = {"score": None, "band": "unknown", "note": HEALTH_NOTE}
     return state

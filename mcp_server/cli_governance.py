@@ -66,7 +66,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     as_of = parse_time("--as-of", args.as_of)
     known_at = parse_time("--known-at", args.known_at)
     assert as_of is not None
-    with open_services(settings, run_projections=False) as svc:
+    with open_services(settings) as svc:  # the health and stage come from the views: fold what is new
         try:
             result = state_as_of(svc, args.customer, as_of, known_at)
         except (CustomerNotFoundError, InvalidInputError) as exc:  # name the flag, not the tool argument
@@ -90,7 +90,10 @@ def _print_replay(result: StateAsOf) -> None:
     for key, value in {**state.profile, "churned_on": state.churned_on, "churn_reason": state.churn_reason}.items():
         fields.add_row(key, "" if value is None else str(value))
     score = "no score" if state.health.score is None else f"score {state.health.score:.0f}"
-    fields.add_row("health", f"{state.health.band} ({score}): {state.health.note}")
+    why = "; ".join(state.health.drivers) or state.health.note or ""
+    fields.add_row("health", f"{state.health.band} ({score})" + (f": {why}" if why else ""))
+    if state.stage:
+        fields.add_row("stage", state.stage)
     console.print(fields)
     if state.contacts:
         contacts = Table("name", "email", "role", "primary", title="Contacts")

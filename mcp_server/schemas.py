@@ -25,11 +25,16 @@ class Contract(BaseModel):
 
 
 class HealthSummary(BaseModel):
-    score: float | None
+    """The health model's answer as of ``as_of`` (calculate_health_score gives each component's inputs)."""
+
+    score: float | None = Field(description="0-100; null when no component has data")
+    computed_score: float | None = Field(None, description="the model's score before any override")
     band: Literal["green", "yellow", "red", "unknown"]
-    confidence: float
-    components: list[dict[str, Any]]
+    confidence: float = Field(description="share of the scorecard's weight whose components had data")
+    components: list[dict[str, Any]] = Field(description="name, score (null: no data), weight, has_data, reason")
     drivers: list[str]
+    trend: dict[str, Any] | None = Field(None, description="delta_30d, direction, score_30d_ago")
+    override: dict[str, Any] | None = None
     as_of: datetime
     note: str | None = None
 

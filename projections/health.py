@@ -64,6 +64,14 @@ class Health:
         return data
 
 
+def trend_of(now: Health, prior: Health | None) -> dict[str, Any]:
+    """A score's 30-day trend: ``delta_30d`` (None unless both scores exist), ``direction`` (up or
+    down beyond 2 points, else flat; None without a delta) and ``score_30d_ago``."""
+    delta = None if prior is None or prior.score is None or now.score is None else round(now.score - prior.score, 1)
+    direction = None if delta is None else ("up" if delta > 2 else "down" if delta < -2 else "flat")
+    return {"delta_30d": delta, "direction": direction, "score_30d_ago": prior.score if prior else None}
+
+
 def band_of(score: float | None, bands: dict[str, float]) -> str:
     if score is None:
         return "unknown"

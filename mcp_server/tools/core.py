@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -26,6 +26,7 @@ from mcp_server.schemas import (
 from mcp_server.services import Services
 from mcp_server.tools.common import after_write, command_meta, read_ready, services, tool_errors
 from mcp_server.tools.signals import signals_as_of
+from projections.health import Health, health_at, trend_of
 from projections.segment_members import allowed_customer_ids, segments_of
 from projections.lifecycle_query import stage_name
 
@@ -37,10 +38,19 @@ Limit = Annotated[int, Field(ge=1, le=200, description="page size")]
 Cursor = Annotated[str | None, Field(max_length=512, description="next_cursor of the previous page")]
 UPDATABLE = (*PROFILE_FIELDS, *CONTRACT_FIELDS)
 
-NO_HEALTH_NOTE = (
-    "no health signals recorded for this customer yet (usage, support, NPS, engagement): "
-    "the score stays null rather than a made-up number"
-)
+
+
+def health_summary(now: Health | None, prior: Health | None, as_of: datetime) -> HealthSummary:
+    """The health model's answer for one customer as of ``as_of`` (``prior``: 30 days before, for
+    the trend), components without their inputs; ``now`` None: not registered yet at ``as_of``."""
+    if now is None:
+        return HealthSummary(score=None, band="unknown", confidence=0.0, components=[], drivers=[], as_of=as_of,
+                             note=f"not registered yet at {as_of.isoformat()}")  # fmt: skip
+    components = [{"name": c.name, "score": c.score, "weight": c.weight, "has_data": c.has_data, "reason": c.reason}
+                  for c in now.components]  # fmt: skip
+    return HealthSummary(score=now.score, computed_score=now.computed_score, band=now.band,  # type: ignore[arg-type]
+                         confidence=now.confidence, components=components, drivers=now.drivers,
+                         trend=trend_of(now, prior), override=now.override, as_of=as_of, note=now.note)  # fmt: skip
 
 
 def _summary(row: dict[str, Any]) -> ClientSummary:
@@ -71,6 +81,8 @@ def overview(svc: Services, client_id: str, now: datetime | None = None) -> Clie
         raise CustomerNotFoundError(client_id)
     renewal = date.fromisoformat(row["renewal_date"]) if row["renewal_date"] else None
     recent, _ = svc.timeline.for_customer(customer_id, limit=5)
+    with svc.store.snapshot() as tx:  # both instants from one consistent read
+        now_health, prior = (s.get(str(customer_id)) for s in health_at(tx, [as_of, as_of - timedelta(days=30)], [customer_id]))
     return ClientOverview(
         id=row["customer_id"],
         client_id=row["external_key"],
@@ -87,9 +99,7 @@ def overview(svc: Services, client_id: str, now: datetime | None = None) -> Clie
             days_to_renewal=(renewal - as_of.date()).days if renewal else None,
         ),
         contacts=[Contact(**c) for c in row["contacts"]],
-        health=HealthSummary(
-            score=None, band="unknown", confidence=0.0, components=[], drivers=[], as_of=as_of, note=NO_HEALTH_NOTE
-        ),
+        health=health_summary(now_health, prior, as_of),
         stage=stage_name(svc.store, customer_id, as_of),
         segments=segments_of(svc.store, customer_id, as_of),
         registered_at=row["registered_at"],
@@ -156,9 +166,10 @@ def register(mcp: MCPServer) -> None:
 
     @mcp.tool(annotations=ToolAnnotations(title="Customer 360 overview", read_only_hint=True))
     def get_client_overview(ctx: Context, client_id: ClientId) -> ClientOverview:
-        """The 360 view of one customer: profile, contract and days to renewal, contacts,
-        health (null with a note until signals exist), and the latest activity. Start here
-        when asked about a specific customer."""
+        """The 360 view of one customer: profile, contract and days to renewal, contacts, health
+        now (score, band, confidence, components, top drivers, 30-day trend, any override; null
+        with a note when no component has data), lifecycle stage, segments, support/NPS/e-mail
+        signals and the latest activity. Start here when asked about a specific customer."""
         svc = services(ctx)
         with tool_errors():
             read_ready(svc)

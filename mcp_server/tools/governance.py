@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import ToolAnnotations
@@ -12,8 +13,15 @@ from pydantic import BaseModel, Field
 from events.replay import as_utc, customer_state_as_of
 from mcp_server.schemas import Contact
 from mcp_server.services import Services
-from mcp_server.tools.common import future_note, services, tool_errors
+from mcp_server.tools.common import future_note, read_ready, services, tool_errors
 from projections.audit import VerifyReport, catch_up_chain, verify_chain
+from projections.health import health_at
+from projections.lifecycle_query import stage_name
+
+KNOWN_AT_HEALTH = (
+    "health and stage as known at a past instant are not given: the health model reads every event recorded so far "
+    "by when it occurred, so it cannot leave out those recorded after known_at; omit known_at for them as of as_of"
+)
 
 ClientId = Annotated[
     str,
@@ -33,6 +41,8 @@ class ReplayedEvent(BaseModel):
 class ReplayedHealth(BaseModel):
     score: float | None
     band: Literal["green", "yellow", "red", "unknown"]
+    confidence: float | None = Field(None, description="share of the scorecard's weight whose components had data")
+    drivers: list[str] = Field(default_factory=list)
     note: str | None = None
 
 
@@ -45,6 +55,7 @@ class CustomerState(BaseModel):
     profile: dict[str, Any] = Field(description="profile and contract fields as they were")
     contacts: list[Contact]
     health: ReplayedHealth
+    stage: str | None = Field(None, description="lifecycle stage as of as_of (null with known_at: see health.note)")
     registered_at: datetime
     last_position: int = Field(description="position of the last event folded into this state")
     events: list[ReplayedEvent] = Field(description="the events applied, in order")
@@ -80,6 +91,8 @@ def state_as_of(svc: Services, client_id: str, as_of: datetime, known_at: dateti
             client_id=client_id, as_of=when, known_at=known, existed=False, state=None,
             message=f"{client_id} did not exist yet at {when.isoformat()}{suffix}",
         )  # fmt: skip
+    customer_id = UUID(state["id"])
+    replayed_health = _health_as_of(svc, customer_id, when, known)
     replayed = CustomerState(
         id=state["id"],
         client_id=state["external_key"],
@@ -88,7 +101,8 @@ def state_as_of(svc: Services, client_id: str, as_of: datetime, known_at: dateti
         churn_reason=state["churn_reason"],
         profile=state["profile"],
         contacts=[Contact(**c) for c in state["contacts"]],
-        health=ReplayedHealth(**state["health"]),
+        health=replayed_health,
+        stage=stage_name(svc.store, customer_id, when) if known is None else None,
         registered_at=state["registered_at"],
         last_position=state["last_position"],
         events=[ReplayedEvent(**e) for e in state["events"]],
@@ -99,6 +113,22 @@ def state_as_of(svc: Services, client_id: str, as_of: datetime, known_at: dateti
         message=f"{len(replayed.events)} event(s) replayed up to position {replayed.last_position}"
         + (f"; {ahead}" if ahead else ""),
     )  # fmt: skip
+
+
+def _health_as_of(svc: Services, customer_id: UUID, when: datetime, known: datetime | None) -> ReplayedHealth:
+    """The health model's answer as of ``when`` (from the views, which hold every event recorded so
+    far by when it occurred). With ``known_at`` there is none: the views cannot leave out what was
+    recorded after it, so a score would mix in later knowledge."""
+    if known is not None:
+        return ReplayedHealth(score=None, band="unknown", note=KNOWN_AT_HEALTH)
+    read_ready(svc)
+    with svc.store.snapshot() as tx:
+        (scores,) = health_at(tx, [when], [customer_id])
+    health = scores.get(str(customer_id))
+    if health is None:  # the log says it existed; the views agree once current (read_ready)
+        return ReplayedHealth(score=None, band="unknown", note="no health for this customer in the views yet")
+    return ReplayedHealth(score=health.score, band=health.band, confidence=health.confidence,  # type: ignore[arg-type]
+                          drivers=health.drivers, note=health.note)  # fmt: skip
 
 
 def audit_report(svc: Services) -> AuditTrailReport:
@@ -122,8 +152,10 @@ def register(mcp: MCPServer) -> None:
     ) -> StateAsOf:
         """The customer's profile, contract, contacts and status exactly as they were at a
         past instant, replayed from the event log (events that occurred at or before as_of;
-        with known_at, only those already recorded then). Health as of a past instant is not
-        computed yet: it is null with a note. existed is false before the registration."""
+        with known_at, only those already recorded then), with its health (score, band,
+        confidence, drivers) and lifecycle stage as of that instant from the health model. With
+        known_at, health and stage are null with a note (the model cannot leave out events
+        recorded later). existed is false before the registration."""
         svc = services(ctx)
         with tool_errors():
             return state_as_of(svc, client_id, as_of, known_at)

@@ -15,7 +15,7 @@ from events.errors import CustomerNotFoundError
 from mcp_server.services import Services
 from mcp_server.tools.common import after_write, command_meta, future_note, instant, joined, read_ready, services, tool_errors
 from projections.backtest import backtest
-from projections.health import Health, compare, health_at
+from projections.health import Health, compare, health_at, trend_of
 from projections.store import Tx
 from projections.health_history import history_rows
 
@@ -60,11 +60,8 @@ class HealthReport(BaseModel):
 
 def _out(h: Health, prior: Health | None, names: dict[str, tuple[str, str]]) -> HealthScore:
     key, name = names[h.customer_id]
-    delta = None if prior is None or prior.score is None or h.score is None else round(h.score - prior.score, 1)
-    trend = {"delta_30d": delta, "direction": None if delta is None else ("up" if delta > 2 else "down" if delta < -2 else "flat"),
-             "score_30d_ago": prior.score if prior else None}  # fmt: skip
     data = h.as_dict()
-    return HealthScore(client_id=key, name=name, trend=trend, as_of=datetime.fromisoformat(h.as_of),
+    return HealthScore(client_id=key, name=name, trend=trend_of(h, prior), as_of=datetime.fromisoformat(h.as_of),
                        components=[ComponentOut(**c) for c in data["components"]],
                        **{k: data[k] for k in ("score", "computed_score", "band", "confidence", "drivers", "override",
                                                "scorecard", "note")})  # fmt: skip

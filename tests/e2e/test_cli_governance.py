@@ -71,11 +71,13 @@ def test_replay(tmp_path: Path) -> None:
     assert past.returncode == 0, past.stderr
     state = json.loads(past.stdout)["state"]
     assert state["profile"]["arr"] == 100 and state["contacts"][0]["email"] == "ann@acme.example"
-    assert state["health"]["score"] is None
+    # ARR and a renewal date were known: the financial component scores (the stage follows the model too).
+    assert state["health"]["score"] is not None and state["health"]["drivers"] and state["stage"] is not None
     now = json.loads(cs(data, "replay", "--customer", "acme", "--as-of", "2999-01-01", "--json").stdout)
     assert now["state"]["profile"]["arr"] == 250
     known = cs(data, "replay", "--customer", "acme", "--as-of", "2999-01-01", "--known-at", t1, "--json")
-    assert json.loads(known.stdout)["state"]["profile"]["arr"] == 100
+    as_known = json.loads(known.stdout)["state"]
+    assert as_known["profile"]["arr"] == 100 and as_known["health"]["score"] is None and as_known["stage"] is None
 
     human = cs(data, "replay", "--customer", "acme", "--as-of", t1)
     assert human.returncode == 0 and "Acme (active)" in human.stdout and "customer.registered" in human.stdout

@@ -65,8 +65,14 @@ async def test_register_list_update_overview_timeline(settings: Settings) -> Non
         # Read-your-writes: the overview right after the update shows it.
         overview = await call(client, "get_client_overview", {"client_id": "initech"})
         assert overview["contract"]["arr"] == 12000 and overview["contract"]["seats"] == 15
-        assert overview["health"]["score"] is None and overview["health"]["band"] == "unknown"
-        assert "no health signals" in overview["health"]["note"]
+        # Its health is the health model's (ARR known, nothing else: the financial component alone).
+        health = (await call(client, "calculate_health_score", {"client_id": "initech"}))["customer"]
+        assert overview["health"]["score"] == health["score"] is not None
+        assert (overview["health"]["band"], overview["health"]["confidence"]) == (health["band"], health["confidence"])
+        assert overview["health"]["drivers"] == health["drivers"] and overview["health"]["trend"] == health["trend"]
+        assert [(c["name"], c["score"], c["reason"]) for c in overview["health"]["components"]] == [
+            (c["name"], c["score"], c["reason"]) for c in health["components"]]  # fmt: skip
+        assert [c["name"] for c in overview["health"]["components"] if c["has_data"]] == ["financial"]
         acme = await call(client, "get_client_overview", {"client_id": registered[0]["id"]})  # by server id
         assert acme["client_id"] == "acme-corp"
         assert acme["contacts"] == [

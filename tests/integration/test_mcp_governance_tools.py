@@ -35,8 +35,13 @@ async def test_state_as_of_replays_the_past(settings: Settings) -> None:
         past = await call(client, "get_customer_state_as_of", {"client_id": "acme-corp", "as_of": t1})
         assert past["existed"] is True and past["state"]["profile"]["arr"] == 42000
         assert past["state"]["contacts"][0]["email"] == "ann@acme.example"
-        assert past["state"]["health"] == {"score": None, "band": "unknown", "note": past["state"]["health"]["note"]}
-        assert "not computed yet" in past["state"]["health"]["note"]
+        # Health and stage as of t1 are the health model's answers for that instant.
+        then = (await call(client, "calculate_health_score", {"client_id": "acme-corp", "as_of": t1}))["customer"]
+        assert past["state"]["health"] == {"score": then["score"], "band": then["band"], "confidence": then["confidence"],
+                                           "drivers": then["drivers"], "note": then["note"]}  # fmt: skip
+        assert past["state"]["health"]["score"] is not None  # ARR was known: the financial component
+        stage = await call(client, "manage_lifecycle_stages", {"action": "get", "client_id": "acme-corp", "as_of": t1})
+        assert past["state"]["stage"] == stage["customer"]["stage"] is not None
         assert [e["type"] for e in past["state"]["events"]] == ["customer.registered", "customer.contact_added"]
 
         current = await call(
@@ -46,6 +51,8 @@ async def test_state_as_of_replays_the_past(settings: Settings) -> None:
         as_known = await call(client, "get_customer_state_as_of",
                               {"client_id": "acme-corp", "as_of": "2999-01-01T00:00:00Z", "known_at": t1})  # fmt: skip
         assert as_known["state"]["profile"]["arr"] == 42000
+        assert as_known["state"]["health"]["score"] is None and as_known["state"]["stage"] is None
+        assert "known_at" in as_known["state"]["health"]["note"]
 
         nothing = await call(client, "get_customer_state_as_of", {"client_id": "acme-corp", "as_of": before})
         assert nothing["existed"] is False and nothing["state"] is None and "did not exist yet" in nothing["message"]

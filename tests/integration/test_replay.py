@@ -74,7 +74,6 @@ def test_replay_as_of_t1_equals_the_state_captured_at_t1(services: Services) -> 
     assert latest["status"] == "churned" and latest["profile"]["arr"] == 50000
     assert [c["email"] for c in latest["contacts"]] == ["ann@acme.example", "bo@acme.example"]
     assert latest["last_position"] == app.last_position() > captured["last_position"]
-    assert latest["health"]["score"] is None and latest["health"]["band"] == "unknown"
 
 
 def test_before_registration_there_is_no_state(services: Services) -> None:
