@@ -39,7 +39,6 @@ Cursor = Annotated[str | None, Field(max_length=512, description="next_cursor of
 UPDATABLE = (*PROFILE_FIELDS, *CONTRACT_FIELDS)
 
 
-
 def health_summary(now: Health | None, prior: Health | None, as_of: datetime) -> HealthSummary:
     """The health model's answer for one customer as of ``as_of`` (``prior``: 30 days before, for
     the trend), components without their inputs; ``now`` None: not registered yet at ``as_of``."""
@@ -82,7 +81,8 @@ def overview(svc: Services, client_id: str, now: datetime | None = None) -> Clie
     renewal = date.fromisoformat(row["renewal_date"]) if row["renewal_date"] else None
     recent, _ = svc.timeline.for_customer(customer_id, limit=5)
     with svc.store.snapshot() as tx:  # both instants from one consistent read
-        now_health, prior = (s.get(str(customer_id)) for s in health_at(tx, [as_of, as_of - timedelta(days=30)], [customer_id]))
+        scores = health_at(tx, [as_of, as_of - timedelta(days=30)], [customer_id])
+    now_health, prior = (s.get(str(customer_id)) for s in scores)
     return ClientOverview(
         id=row["customer_id"],
         client_id=row["external_key"],

@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field
 
 from events.errors import CustomerNotFoundError
 from mcp_server.services import Services
-from mcp_server.tools.common import after_write, command_meta, future_note, instant, joined, read_ready, services, tool_errors
+from mcp_server.tools.common import (after_write, command_meta, future_note, instant, joined, read_ready, services,
+                                     tool_errors)
 from projections.backtest import backtest
 from projections.health import Health, compare, health_at, trend_of
 from projections.store import Tx
