@@ -21,6 +21,10 @@ WEBHOOK_SECRETS = {
 }
 
 
+BATCHES = ("recorded batches: every sync page, and each file import that recorded something; a file import made "
+           "only of duplicates and webhook deliveries record none (their outcomes are in /metrics)")
+
+
 class ConnectorStatus(BaseModel):
     vendor: str
     sync_configured: bool = Field(description="credentials for `cs sync` are set")
@@ -28,10 +32,10 @@ class ConnectorStatus(BaseModel):
     cursor: str | None
     last_sync_at: str | None
     last_batch_at: str | None
-    batches: int
+    batches: int = Field(description=BATCHES)
     received: int
     recorded: int
-    duplicates: int
+    duplicates: int = Field(description="records already held, recognised and not recorded again (in recorded batches)")
     unmatched: int = Field(description="records kept without a customer, counted when ingested")
     unmatched_records_held: int = Field(description="records in the views still matched to no customer")
     rejected: int
@@ -50,7 +54,9 @@ def register(mcp: MCPServer) -> None:
     def get_sync_status(ctx: Context) -> SyncStatus:
         """Per connector (Zendesk, Intercom, Mixpanel, SendGrid, NPS files): last sync, cursor,
         records ingested, duplicates, unmatched records, rejected records, failures and the
-        circuit-breaker state. Use it when data looks stale or a customer's signals are missing."""
+        circuit-breaker state. Counts are per recorded batch: a file import made only of
+        duplicates, and webhook deliveries, record none (recording nothing is what makes a
+        redelivery harmless). Use it when data looks stale or a customer's signals are missing."""
         svc = services(ctx)
         with tool_errors():
             read_ready(svc)
