@@ -14,7 +14,7 @@ matter (no active override, not churned); ``get`` walks back only as far as the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
@@ -56,8 +56,11 @@ def contract_states(tx: Tx, t: str, where: str = "", params: Sequence[Any] = ())
     return {cid: contract_timeline(rows) for cid, rows in logged.items() if rows[0]["at"] < t}
 
 
-def stages_at(store: ViewStore, at: datetime, customer_ids: list[UUID] | None = None) -> dict[str, Stage]:
-    """The stage of each given customer (default: every customer registered before ``at``)."""
+def stages_at(store: ViewStore, at: datetime, customer_ids: list[UUID] | None = None,
+              bands: Mapping[str, str] | None = None) -> dict[str, Stage]:  # fmt: skip
+    """The stage of each given customer (default: every customer registered before ``at``).
+    ``bands``: customer id -> health band as of ``at``, for a caller that computed the health
+    already (the overview, the segments' rows); the bands it lacks are computed here."""
     at = as_utc(at)
     t = utc_iso(at)
     ids = [str(c) for c in customer_ids] if customer_ids is not None else None
@@ -69,9 +72,10 @@ def stages_at(store: ViewStore, at: datetime, customer_ids: list[UUID] | None = 
             tx, f"SELECT * FROM {OVERRIDES} WHERE kind = 'stage' AND at < ?{where} ORDER BY position", [t, *params]
         )
     # An override hides the band, but the derived stage shown beside it still needs it.
-    need = [UUID(cid) for cid, row in contracts.items() if row and band_matters(at, row, None)]
-    scope = need if customer_ids is not None else None  # the whole book: no id list in the SQL
-    bands = {cid: h.band for cid, h in health_as_of(store, at, scope).items()} if need else {}
+    known = bands or {}
+    need = [UUID(cid) for cid, row in contracts.items() if row and cid not in known and band_matters(at, row, None)]
+    scope = need if customer_ids is not None or known else None  # the whole book: no id list in the SQL
+    bands = {**known, **({cid: h.band for cid, h in health_as_of(store, at, scope).items()} if need else {})}
     return {
         cid: stage_as_of(
             at, row, bands.get(cid), overrides.get(cid),
@@ -206,7 +210,8 @@ class _Sampler:
         return score_customer(inputs, book).band if inputs is not None else "unknown"
 
 
-def stage_name(store: ViewStore, customer_id: UUID, at: datetime) -> str | None:
-    """The stage of one customer at ``at`` (None before its registration)."""
-    stage = stages_at(store, at, [customer_id]).get(str(customer_id))
+def stage_name(store: ViewStore, customer_id: UUID, at: datetime, band: str | None = None) -> str | None:
+    """The stage of one customer at ``at`` (None before its registration); ``band``: its health band
+    at ``at``, when the caller has it (else computed here)."""
+    stage = stages_at(store, at, [customer_id], None if band is None else {str(customer_id): band}).get(str(customer_id))
     return stage.stage if stage else None

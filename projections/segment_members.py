@@ -64,7 +64,8 @@ def book_rows(store: ViewStore, now: datetime, customer_ids: list[UUID] | None =
                                params)  # fmt: skip
         nps = latest_nps(tx, now, ids)
     health = health_as_of(store, now, customer_ids) if with_health and profiles else {}
-    stages = stages_at(store, now, customer_ids) if with_stage and profiles else {}
+    bands = {cid: h.band for cid, h in health.items()} if with_health else None  # not computed twice
+    stages = stages_at(store, now, customer_ids, bands) if with_stage and profiles else {}
     today = now.date()
     rows = []
     for p in profiles:

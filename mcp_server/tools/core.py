@@ -100,7 +100,7 @@ def overview(svc: Services, client_id: str, now: datetime | None = None) -> Clie
         ),
         contacts=[Contact(**c) for c in row["contacts"]],
         health=health_summary(now_health, prior, as_of),
-        stage=stage_name(svc.store, customer_id, as_of),
+        stage=stage_name(svc.store, customer_id, as_of, now_health.band if now_health else None),
         segments=segments_of(svc.store, customer_id, as_of),
         registered_at=row["registered_at"],
         last_activity_at=row["updated_at"],

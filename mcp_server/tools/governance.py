@@ -15,7 +15,7 @@ from mcp_server.schemas import Contact
 from mcp_server.services import Services
 from mcp_server.tools.common import future_note, read_ready, services, tool_errors
 from projections.audit import VerifyReport, catch_up_chain, verify_chain
-from projections.health import health_at
+from projections.health import Health, health_at
 from projections.lifecycle_query import stage_name
 
 KNOWN_AT_HEALTH = (
@@ -92,7 +92,7 @@ def state_as_of(svc: Services, client_id: str, as_of: datetime, known_at: dateti
             message=f"{client_id} did not exist yet at {when.isoformat()}{suffix}",
         )  # fmt: skip
     customer_id = UUID(state["id"])
-    replayed_health = _health_as_of(svc, customer_id, when, known)
+    health = _model_health(svc, customer_id, when) if known is None else None
     replayed = CustomerState(
         id=state["id"],
         client_id=state["external_key"],
@@ -101,8 +101,8 @@ def state_as_of(svc: Services, client_id: str, as_of: datetime, known_at: dateti
         churn_reason=state["churn_reason"],
         profile=state["profile"],
         contacts=[Contact(**c) for c in state["contacts"]],
-        health=replayed_health,
-        stage=stage_name(svc.store, customer_id, when) if known is None else None,
+        health=_replayed(health, known),
+        stage=stage_name(svc.store, customer_id, when, health.band if health else None) if known is None else None,
         registered_at=state["registered_at"],
         last_position=state["last_position"],
         events=[ReplayedEvent(**e) for e in state["events"]],
@@ -115,16 +115,20 @@ def state_as_of(svc: Services, client_id: str, as_of: datetime, known_at: dateti
     )  # fmt: skip
 
 
-def _health_as_of(svc: Services, customer_id: UUID, when: datetime, known: datetime | None) -> ReplayedHealth:
-    """The health model's answer as of ``when`` (from the views, which hold every event recorded so
-    far by when it occurred). With ``known_at`` there is none: the views cannot leave out what was
-    recorded after it, so a score would mix in later knowledge."""
-    if known is not None:
-        return ReplayedHealth(score=None, band="unknown", note=KNOWN_AT_HEALTH)
+def _model_health(svc: Services, customer_id: UUID, when: datetime) -> Health | None:
+    """The health model's answer as of ``when``, from the views (which hold every event recorded so
+    far by when it occurred); None when the views do not know the customer."""
     read_ready(svc)
     with svc.store.snapshot() as tx:
         (scores,) = health_at(tx, [when], [customer_id])
-    health = scores.get(str(customer_id))
+    return scores.get(str(customer_id))
+
+
+def _replayed(health: Health | None, known: datetime | None) -> ReplayedHealth:
+    """``health`` as the replay shows it. With ``known_at`` there is none: the views cannot leave out
+    what was recorded after it, so a score would mix in later knowledge."""
+    if known is not None:
+        return ReplayedHealth(score=None, band="unknown", note=KNOWN_AT_HEALTH)
     if health is None:  # the log says it existed; the views agree once current (read_ready)
         return ReplayedHealth(score=None, band="unknown", note="no health for this customer in the views yet")
     return ReplayedHealth(score=health.score, band=health.band, confidence=health.confidence,  # type: ignore[arg-type]
