@@ -18,7 +18,7 @@ from uuid import UUID
 
 from events.scorecard import COMPONENTS
 from projections.feedback import nps_of
-from projections.health_inputs_query import BookInputs, Inputs, days_between, gather_at
+from projections.health_inputs_query import DEFAULT_KEY_FEATURES, BookInputs, Inputs, days_between, gather_at
 from projections.store import Tx, ViewStore
 
 TARGET_SEAT_ACTIVATION = 0.6  # active users / seats at which usage level scores 100
@@ -113,7 +113,7 @@ def usage_component(i: Inputs, weight: float) -> Component:
 
 def adoption_component(i: Inputs, weight: float, key_features: set[str], configured: bool) -> Component:
     inputs: dict[str, Any] = {"key_features": sorted(key_features), "used_30d": sorted(i.features_30d & key_features),
-                              "key_features_source": "scorecard" if configured else "every feature seen in the book"}  # fmt: skip
+                              "key_features_source": "scorecard" if configured else DEFAULT_KEY_FEATURES}  # fmt: skip
     if i.first_usage_day is None or not key_features:
         why = "no usage data for this customer" if i.first_usage_day is None else "no features known yet"
         return Component("adoption", None, weight, inputs, why)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import reduce
@@ -25,6 +25,17 @@ from projections.store import Tx
 from projections.usage import DAYS, FEATURE_BITS, bits_of
 
 SESSION_LIKE = frozenset({"$session_start", "session_start", "Session Start", "$ae_session", "App Open"})
+# What key_features_source says when the scorecard names no key features (see default_key_features).
+DEFAULT_KEY_FEATURES = "every feature seen in the book except Mixpanel's own $ events"
+
+
+def default_key_features(features: Iterable[str]) -> set[str]:
+    """The key features when the scorecard names none: every feature seen, but session events and
+    Mixpanel's own events, whose names start with ``$`` (automatic page views ``$mp_web_page_view``,
+    autocapture clicks ``$mp_click``, identity merges ``$identify``, mobile lifecycle ``$ae_*``).
+    Those are activity, not product features: they still count as events and make users active,
+    but a customer is not marked down for not "adopting" them. A scorecard that names one makes it key."""
+    return {f for f in features if f not in SESSION_LIKE and not f.startswith("$")}
 
 
 @dataclass
@@ -160,7 +171,7 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
     first_days = _first_days(features)
     for book, stop in zip(books, stops, strict=True):
         if book.customers:  # (an instant before the first registration keeps the empty defaults)
-            book.book_features = {feature for feature, first in first_days.items() if first < stop} - SESSION_LIKE
+            book.book_features = default_key_features(feature for feature, first in first_days.items() if first < stop)
 
     connected = (read["connected"].dicts() or [{}])[0]
     tickets, surveys, emails, overrides = (read[k].dicts() for k in ("tickets", "surveys", "emails", "overrides"))

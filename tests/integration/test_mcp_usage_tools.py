@@ -181,6 +181,7 @@ ADOPTION = [
     Use("acct-globex", "g1", date(2026, 2, 10), "Created Report"),
     Use("acct-globex", "g1", date(2026, 2, 11), "Created Report"),
     Use("acct-globex", "g2", date(2026, 2, 25), "Viewed Dashboard"),
+    Use("acct-globex", "g2", date(2026, 2, 26), "$mp_web_page_view"),  # Mixpanel's own: activity, no key feature
     Use("acct-initech", "i1", date(2025, 11, 5), "Created Report"),  # used long ago, not in the window
     Use("acct-acme", "a1", date(2026, 3, 3), "Shared Dashboard"),  # after as_of: never counted for it
 ]
@@ -193,6 +194,7 @@ async def test_feature_adoption_first_use_and_key_features_not_adopted(settings:
     async with Client(build_server(settings, background=False)) as client:
         book = await call(client, "track_feature_adoption", {"as_of": AS_OF})
         acme_default = await call(client, "track_feature_adoption", {"client_id": "acme", "as_of": AS_OF})
+        globex_health = await call(client, "calculate_health_score", {"client_id": "globex", "as_of": AS_OF})
         meta = CommandMeta(actor="test", source="test", occurred_at=datetime(2026, 2, 1, tzinfo=UTC))
         services.app.configure_scorecard({"key_features": ["Created Report", "Exported CSV", "Shared Dashboard"]}, meta)
         services.engine.ensure_current()
@@ -201,8 +203,10 @@ async def test_feature_adoption_first_use_and_key_features_not_adopted(settings:
         one = await call(client, "track_feature_adoption", {"feature": "created report", "as_of": AS_OF, "limit": 1})
         missing = await call(client, "track_feature_adoption", {"feature": "Teleport", "as_of": AS_OF})
 
-    assert book["key_features_source"] == "every feature seen in the book"
-    assert book["key_features"] == ["Created Report", "Exported CSV", "Viewed Dashboard"]  # sessions are not features
+    default = "every feature seen in the book except Mixpanel's own $ events"
+    assert book["key_features_source"] == default
+    # Neither sessions nor Mixpanel's own events are key features by default.
+    assert book["key_features"] == ["Created Report", "Exported CSV", "Viewed Dashboard"]
     assert book["window"] == {"start": "2026-01-31", "end": "2026-03-02", "days": 30}
     assert (book["customers"], book["active_customers"]) == (3, 2)
     report = {f["feature"]: f for f in book["features"]}
@@ -218,8 +222,15 @@ async def test_feature_adoption_first_use_and_key_features_not_adopted(settings:
     assert (csv["adopting_customers"], csv["customers_ever"], csv["share_of_active_customers"]) == (0, 1, 0.0)
     assert report["Viewed Dashboard"]["adopting_customers"] == 1 and report["Viewed Dashboard"]["first_use"] == "2026-02-25"
     assert "Shared Dashboard" not in report  # first used after as_of
+    page_views = report["$mp_web_page_view"]  # listed as used, but not key
+    assert (page_views["key"], page_views["adopting_customers"]) == (False, 1) and report["Viewed Dashboard"]["key"]
+    adoption = next(c for c in globex_health["customer"]["components"] if c["name"] == "adoption")
+    assert adoption["inputs"]["key_features_source"] == default
+    assert adoption["inputs"]["key_features"] == ["Created Report", "Exported CSV", "Viewed Dashboard"]
+    assert adoption["inputs"]["used_30d"] == ["Created Report", "Viewed Dashboard"]
+    assert adoption["reason"].startswith("2 of 3 key features used")
 
-    assert acme_default["key_features_source"] == "every feature seen in the book"
+    assert acme_default["key_features_source"] == default
     c = acme["customer"]
     assert acme["key_features_source"] == "scorecard" and acme["scorecard_at"].startswith("2026-02-01")
     assert {f["feature"]: f["first_use"] for f in c["features"]} == {"Created Report": "2026-01-03", "Exported CSV": "2026-01-10"}
@@ -228,7 +239,7 @@ async def test_feature_adoption_first_use_and_key_features_not_adopted(settings:
         {"feature": "Exported CSV", "ever_used": True, "first_use": "2026-01-10", "last_use": "2026-01-10"},
         {"feature": "Shared Dashboard", "ever_used": False, "first_use": None, "last_use": None},
     ]
-    assert before_card["key_features_source"] == "every feature seen in the book"  # the scorecard came later
+    assert before_card["key_features_source"] == default  # the scorecard came later
 
     assert [f["feature"] for f in one["features"]] == ["Created Report"]
     assert len(one["features"][0]["adopters"]) == 1 and one["features"][0]["adopters_truncated"] == 1
