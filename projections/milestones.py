@@ -78,9 +78,17 @@ def reached_on(tx: Tx, rule: dict[str, Any], customer_id: str | None = None) -> 
         column = "events" if metric == "events_30d" else "1"
         sql = f"SELECT customer_id, day, {column} AS n FROM {DAYS} WHERE 1 = 1{where} ORDER BY customer_id, day"
         return {cid: day for cid, day in _first_sum(tx.fetchall(sql, params), passes)}
-    table, key = (USERS, "user_hash") if metric == "active_users_30d" else (FEATURES, "feature")
-    sql = f"SELECT customer_id, day, {key} AS k FROM {table} WHERE 1 = 1{where} ORDER BY customer_id, day"
+    table, key, own = _distinct_of(metric)
+    sql = f"SELECT customer_id, day, {key} AS k FROM {table} WHERE 1 = 1{own}{where} ORDER BY customer_id, day"
     return {cid: day for cid, day in _first_distinct(tx.fetchall(sql, params), passes)}
+
+
+def _distinct_of(metric: str) -> tuple[str, str, str]:
+    """The view, the column and the condition a distinct-count metric reads: users, or features but
+    Mixpanel's own ``$`` events (activity, not features: see ``default_key_features``)."""
+    if metric == "active_users_30d":
+        return USERS, "user_hash", ""
+    return FEATURES, "feature", " AND substr(feature, 1, 1) <> '$'"  # no LIKE: a literal % upsets psycopg's placeholders
 
 
 def _threshold(rule: dict[str, Any]) -> Any:
@@ -136,7 +144,7 @@ def progress(tx: Tx, rule: dict[str, Any], customer_id: str, today: date) -> dic
         expr = "COALESCE(SUM(events), 0)" if metric == "events_30d" else "COUNT(*)"
         sql = f"SELECT {expr} AS n FROM {DAYS} WHERE customer_id = ? AND day >= ? AND day <= ?"
     else:
-        table, key = (USERS, "user_hash") if metric == "active_users_30d" else (FEATURES, "feature")
-        sql = f"SELECT COUNT(DISTINCT {key}) AS n FROM {table} WHERE customer_id = ? AND day >= ? AND day <= ?"
+        table, key, own = _distinct_of(metric)
+        sql = f"SELECT COUNT(DISTINCT {key}) AS n FROM {table} WHERE customer_id = ? AND day >= ? AND day <= ?{own}"
     row = tx.fetchone(sql, (customer_id, start, stop))
     return {metric: int(row["n"]) if row else 0, "window": f"{start}..{stop}"}

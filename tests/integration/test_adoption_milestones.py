@@ -15,6 +15,7 @@ from events.commands import CommandMeta
 from events.settings import Settings
 from mcp_server.server import build_server
 from mcp_server.services import open_services
+from projections.milestones import progress
 
 pytestmark = pytest.mark.anyio
 
@@ -47,6 +48,8 @@ def beta_usage() -> list[str]:
     lines = [line("mp-beta", f"jan{u}", "Viewed Dashboard", date(2026, 1, 1), u) for u in range(3)]
     lines += [line("mp-beta", f"mar{u}", "Viewed Dashboard", date(2026, 3, 1), u) for u in range(3)]
     lines += [line("mp-beta", f"late{u}", "Viewed Dashboard", date(2026, 3, 10), u) for u in range(2)]
+    # Mixpanel's own page views: activity, but no second feature ("Two features" stays unreached).
+    lines += [line("mp-beta", f"late{u}", "$mp_web_page_view", date(2026, 3, 10), 10 + u) for u in range(2)]
     return lines
 
 
@@ -133,6 +136,19 @@ async def test_define_list_status_delete(settings: Settings) -> None:
         assert revived["status"] == "created"
         beta = await call(client, {"action": "status", "client_id": "beta", "name": "Used reports"})
         assert beta["items"][0]["reached_on"] == "2026-01-01"
+
+
+def test_distinct_features_leave_out_mixpanels_own_events(settings: Settings) -> None:
+    """Where a customer stands on distinct_features_30d counts its features, not Mixpanel's own
+    events: on 10 March beta's users viewed the dashboard and produced $mp_web_page_view."""
+    load_usage(settings)
+    rule = {"metric": "distinct_features_30d", "op": ">", "value": 1}
+    with open_services(settings) as svc:
+        svc.engine.ensure_current()
+        beta = str(svc.app.resolve("beta"))
+        with svc.store.snapshot() as tx:
+            assert progress(tx, rule, beta, date(2026, 3, 10)) == {"distinct_features_30d": 1, "window": "2026-02-09..2026-03-10"}
+            assert progress(tx, {"metric": "events_30d", "op": ">=", "value": 1}, beta, date(2026, 3, 10))["events_30d"] == 7
 
 
 BAD_RULES = [
