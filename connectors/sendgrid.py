@@ -1,6 +1,10 @@
 """SendGrid Event Webhook: deliveries, opens, clicks and bounces of e-mail we sent.
 
-- ``translate(event)`` -> EmailActivity (dedupe on ``sg_event_id``).
+- ``translate(event)`` -> EmailActivity (dedupe on ``sg_event_id``). An ``open`` that SendGrid
+  flags ``sg_machine_open: true`` was made by Apple Mail Privacy Protection, which fetches the
+  tracking pixel of every message it receives whether anyone reads it or not: it is recorded as
+  kind ``machine_open``, so it never passes for a person's engagement (the health model's
+  engagement component and the overview's opens count only ``open`` and ``click``).
 - ``verify_webhook``: ECDSA P-256 / SHA-256 over ``timestamp + raw body``; the public key is
   base64 SubjectPublicKeyInfo DER; timestamps older than 5 minutes are refused (replay).
 """
@@ -28,6 +32,7 @@ TIMESTAMP_HEADER = "x-twilio-email-event-webhook-timestamp"
 KINDS = frozenset({"processed", "deferred", "delivered", "open", "click", "bounce", "dropped", "spamreport",
                    "unsubscribe", "group_unsubscribe", "group_resubscribe"})  # fmt: skip
 REPLAY_WINDOW_S = 300
+MACHINE_OPEN = "machine_open"  # an open with sg_machine_open true (Apple Mail Privacy Protection)
 
 
 def translate(event: Any) -> EmailActivity:
@@ -37,6 +42,8 @@ def translate(event: Any) -> EmailActivity:
     if kind not in KINDS:
         raise InvalidInputError("event.event", f"unknown kind {kind[:30]!r}; expected one of {', '.join(sorted(KINDS))}")
     message = event.get("sg_message_id")
+    if kind == "open" and event.get("sg_machine_open") in (True, "true"):
+        kind = MACHINE_OPEN
     return EmailActivity(
         vendor_event_id=str(require(event, "sg_event_id", "event")),
         kind=kind,

@@ -161,12 +161,17 @@ def sentiment_component(i: Inputs, weight: float, as_of: datetime) -> Component:
 
 def engagement_component(i: Inputs, weight: float, as_of: datetime) -> Component:
     touches = [i.email_kinds[k][1] for k in ("open", "click") if k in i.email_kinds]
-    sent = sum(n for kind, (n, _) in i.email_kinds.items() if kind in ("delivered", "processed"))
+    sent = i.emails_sent
     inputs: dict[str, Any] = {"last_two_way_touch": max(touches) if touches else None, "emails_sent": sent}
+    machine = i.email_kinds.get("machine_open", (0, None))[0]
+    if machine:
+        inputs["machine_opens"] = machine  # Apple Mail Privacy Protection fetched the pixel: nobody's touch
     if not i.email_kinds:
         return Component("engagement", None, weight, inputs, "no e-mail or interaction records for this customer")
     if not touches:
-        return Component("engagement", 0.0, weight, inputs, f"no open, click or reply on record ({counted(sent, 'e-mail')} sent)")
+        left_out = f"; {counted(machine, 'machine open')} by Apple Mail Privacy Protection left out" if machine else ""
+        return Component("engagement", 0.0, weight, inputs,
+                         f"no open, click or reply on record ({counted(sent, 'e-mail')} sent{left_out})")  # fmt: skip
     days = days_between(as_of.date(), max(touches))
     inputs["days_since_touch"] = days
     span = DISENGAGED_AFTER_DAYS - ENGAGED_WITHIN_DAYS

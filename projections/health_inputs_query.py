@@ -56,6 +56,7 @@ class Inputs:
     csat_90d: list[float] = field(default_factory=list)
     surveys: list[tuple[str, int]] = field(default_factory=list)  # (responded_at, score), oldest first
     email_kinds: dict[str, tuple[int, str]] = field(default_factory=dict)  # kind -> (count, last at)
+    emails_sent: int = 0  # distinct messages with a processed or delivered event (one message has both)
     override: dict[str, Any] | None = None
 
 
@@ -137,6 +138,9 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
                                                   [(t,) for t in ts])  # fmt: skip
     email_cols, email_binds = per_instant("COUNT(CASE WHEN occurred_at < ? THEN 1 END) AS n_{n}, "
                                           "MAX(CASE WHEN occurred_at < ? THEN occurred_at END) AS last_{n}", [(t, t) for t in ts])  # fmt: skip
+    # A message sent is one however many of its events arrive (SendGrid posts processed, then delivered).
+    sent_cols, sent_binds = per_instant("COUNT(DISTINCT CASE WHEN occurred_at < ? THEN COALESCE(message_id, email_event_id) "
+                                        "END) AS sent_{n}", [(t,) for t in ts])  # fmt: skip
     statements: dict[str, tuple[str, list[Any]]] = {
         "cards": (SCORECARDS_BEFORE, [t_max]),
         "contracts": (f"SELECT * FROM {CONTRACTS} WHERE 1 = 1{where} ORDER BY customer_id, position", params),
@@ -152,6 +156,8 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
                     "ORDER BY responded_at, survey_id", [t_max, *params]),
         "emails": (f"SELECT customer_id, kind, {email_cols} FROM {EMAILS} WHERE occurred_at < ?{where} GROUP BY customer_id, kind",
                    [*email_binds, t_max, *params]),
+        "sent": (f"SELECT customer_id, {sent_cols} FROM {EMAILS} WHERE kind IN ('processed', 'delivered') "
+                 f"AND occurred_at < ?{where} GROUP BY customer_id", [*sent_binds, t_max, *params]),
         "overrides": (f"SELECT * FROM {OVERRIDES} WHERE kind = 'health' AND at < ?{where} ORDER BY position", [t_max, *params]),
     }  # fmt: skip
     read = dict(zip(statements, tx.read_all(list(statements.values())), strict=True))
@@ -174,7 +180,7 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
             book.book_features = default_key_features(feature for feature, first in first_days.items() if first < stop)
 
     connected = (read["connected"].dicts() or [{}])[0]
-    tickets, surveys, emails, overrides = (read[k].dicts() for k in ("tickets", "surveys", "emails", "overrides"))
+    tickets, surveys, emails, sent, overrides = (read[k].dicts() for k in ("tickets", "surveys", "emails", "sent", "overrides"))
     for n, book in enumerate(books):
         t, customers = ts[n], book.customers
         if not customers:
@@ -196,6 +202,9 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
         for row in emails:
             if row[f"n_{n}"] and row["customer_id"] in customers:
                 customers[row["customer_id"]].email_kinds[row["kind"]] = (int(row[f"n_{n}"]), row[f"last_{n}"])
+        for row in sent:
+            if row[f"sent_{n}"] and row["customer_id"] in customers:
+                customers[row["customer_id"]].emails_sent = int(row[f"sent_{n}"])
         for row in overrides:
             if row["at"] < t and row["customer_id"] in customers:
                 customers[row["customer_id"]].override = row if row["expires_at"] > t else None

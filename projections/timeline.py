@@ -48,6 +48,8 @@ def summarise(event: Any, ticket_ref: str = "") -> str:
         kind = "promoter" if event.score >= 9 else ("passive" if event.score >= 7 else "detractor")
         return f"NPS response {event.score} ({kind})"
     if isinstance(event, EmailEvent.Recorded):
+        if event.kind == "machine_open":
+            return "E-mail opened by Apple Mail Privacy Protection (a machine open, not counted as engagement)"
         return f"E-mail {event.kind}" + (f": {event.reason}" if event.reason and event.kind in ("bounce", "dropped") else "")
     if isinstance(event, Customer.Registered):
         p = event.profile

@@ -42,6 +42,12 @@ def test_demo_loads_the_sample_book_and_is_repeatable(tmp_path: Path) -> None:
         due = date.fromisoformat(written[row["external_key"]]["renewal_date"])
         assert row["days_to_renewal"] == (due - SAMPLE_DAY).days, row["external_key"]
 
+    # Vantage Legal reads its mail in Apple Mail: the machine opens of its 4 messages are no engagement.
+    vantage = next(r for r in board["rows"] if r["external_key"] == "vantage-legal")
+    assert vantage["band"] == "yellow" and vantage["driver"] == (
+        "engagement: no open, click or reply on record (4 e-mails sent; 4 machine opens by Apple Mail Privacy "
+        "Protection left out)")  # fmt: skip
+
     second = json.loads(cs(tmp_path, "demo", "--json").stdout)
     assert second["import"]["unchanged"] == sample_rows and second["import"]["created"] == 0
     assert second["log_position"] == report["log_position"]

@@ -248,6 +248,39 @@ async def test_no_data_is_said_and_never_scored(settings: Settings) -> None:
     assert book["summary"] == {"green": 2, "unknown": 1}, book["summary"]
 
 
+@pytest.mark.anyio
+async def test_machine_opens_are_no_engagement_and_a_message_is_sent_once(settings: Settings) -> None:
+    """An open SendGrid flags sg_machine_open (Apple Mail Privacy Protection fetched the pixel, read
+    or not) is recorded apart and never counts as a person's touch; a conventional open does. A
+    message counts as one e-mail sent whether its processed event, its delivered event or both arrive."""
+    today = datetime.now(UTC).date()
+    with open_services(settings) as svc:
+        load_customers(svc, [account("apple"), account("reader")])
+        # One message each, posted as SendGrid does: processed, then delivered, then opened.
+        events = [("p1", "apple", "processed", 3, None), ("d1", "apple", "delivered", 3, None),
+                  ("o1", "apple", "open", 2, True), ("d2", "reader", "delivered", 3, None),
+                  ("o2", "reader", "open", 2, False)]  # fmt: skip
+        load(svc, "sendgrid", json.dumps([{
+            "email": f"ops@{key}.example", "timestamp": int(at(today - timedelta(days=ago)).timestamp()), "event": kind,
+            "sg_event_id": eid, "sg_message_id": f"msg-{key}.filter0001",
+            **({"sg_machine_open": machine, "useragent": "Mozilla/5.0"} if machine is not None else {}),
+        } for eid, key, kind, ago, machine in events]))  # fmt: skip
+    async with Client(build_server(settings, background=False)) as client:
+        apple = by_name((await call(client, "calculate_health_score", {"client_id": "apple"}))["customer"])["engagement"]
+        reader = by_name((await call(client, "calculate_health_score", {"client_id": "reader"}))["customer"])["engagement"]
+        overview = await call(client, "get_client_overview", {"client_id": "apple"})
+        timeline = await call(client, "get_client_timeline", {"client_id": "apple"})
+
+    assert apple["has_data"] and apple["score"] == 0.0 and apple["inputs"]["last_two_way_touch"] is None
+    assert apple["inputs"]["machine_opens"] == 1 and apple["inputs"]["emails_sent"] == 1  # one message, two events
+    assert apple["reason"] == "no open, click or reply on record (1 e-mail sent; 1 machine open by Apple Mail Privacy Protection left out)"
+    assert reader["score"] == 100.0 and reader["reason"] == "last two-way touch 2 days ago"
+    assert "machine_opens" not in reader["inputs"]
+    email = overview["signals"]["email"]
+    assert (email["opens"], email["machine_opens"], email["last_engaged_at"]) == (0, 1, None)
+    assert any("Apple Mail Privacy Protection" in item["summary"] for item in timeline["items"]), timeline["items"]
+
+
 # ------------------------------------------------------------- b: the past does not see the future
 @contextmanager
 def fresh_services(settings: Settings, admin_url: Callable[[], str]) -> Iterator[Services]:

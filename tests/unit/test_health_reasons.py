@@ -21,7 +21,7 @@ def test_one_ticket_one_rating_one_email_one_day() -> None:
     assert support_component(one, 15, True).reason == "1 open ticket (0 high priority), CSAT 100% over 1 rating in 90 days"
     assert engagement_component(one, 10, AS_OF).reason == "last two-way touch 1 day ago"
     assert financial_component(one, 10, AS_OF).reason == "renews in 1 day with no renewal signal"
-    unopened = Inputs("c", {"renewal_date": "2026-11-30"}, email_kinds={"delivered": (1, "2026-11-20")})
+    unopened = Inputs("c", {"renewal_date": "2026-11-30"}, email_kinds={"delivered": (1, "2026-11-20")}, emails_sent=1)
     assert engagement_component(unopened, 10, AS_OF).reason == "no open, click or reply on record (1 e-mail sent)"
     assert financial_component(unopened, 10, AS_OF).reason == "renewal date passed 1 day ago with no renewal recorded"
 

@@ -465,6 +465,15 @@ def test_sendgrid_event_of_each_kind(kind: str, extra: dict[str, Any], url: str 
     assert activity.at == datetime.fromtimestamp(1513299569, UTC)
 
 
+@pytest.mark.parametrize(("flag", "kind"), [(True, "machine_open"), ("true", "machine_open"), (False, "open"),
+                                           (None, "open")])  # fmt: skip
+def test_sendgrid_machine_opens_are_recorded_apart(flag: Any, kind: str) -> None:
+    """sg_machine_open: Apple Mail Privacy Protection fetched the pixel; it is nobody's open."""
+    extra = {} if flag is None else {"sg_machine_open": flag}
+    assert sendgrid.translate(sendgrid_event("open", useragent="Mozilla/5.0", **extra)).kind == kind
+    assert sendgrid.translate(sendgrid_event("click", sg_machine_open=True)).kind == "click"  # only opens are flagged
+
+
 def test_sendgrid_bad_events_and_files() -> None:
     assert field_of(sendgrid.translate, sendgrid_event("opened")) == "event.event"
     assert field_of(sendgrid.translate, {k: v for k, v in sendgrid_event("open").items() if k != "sg_event_id"}) == (
