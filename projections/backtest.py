@@ -8,7 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from projections.base import utc_iso
-from projections.health import health_as_of
+from projections.health import counted, health_as_of
 from projections.health_inputs import CONTRACTS
 from projections.store import ViewStore
 
@@ -18,6 +18,9 @@ METHOD = (
     "one), ties count half (Mann-Whitney U / (n_retained x n_churned)). Customers with no score at their "
     "instant (not registered yet, or no component with data) are left out and counted."
 )
+
+# Below this many scored churns an AUC says little: the note says how far one churn can move it.
+MIN_CHURNS = 10
 
 
 def auc(retained: list[float], churned: list[float]) -> float | None:
@@ -65,6 +68,18 @@ def backtest(store: ViewStore, as_of: datetime, days_before: int) -> dict[str, A
                       else "no component had data"} for c, ch, s, b in points if s is None],
         "per_band": dict(sorted(bands.items())), "method": METHOD.format(n=days_before),
     }  # fmt: skip
-    if value is None:
-        result["note"] = "AUC needs at least one scored churned and one scored retained customer"
+    note = sample_note(result["churned_scored"]) if value is not None else (
+        "AUC needs at least one scored churned and one scored retained customer")  # fmt: skip
+    if note:
+        result["note"] = note
     return result
+
+
+def sample_note(churned: int) -> str | None:
+    """What an AUC from ``churned`` scored churns is worth, when they are few. The AUC is the mean,
+    over churned customers, of the share of retained ones scoring above each: one churned
+    customer scoring otherwise moves it by up to 1 / churned."""
+    if churned >= MIN_CHURNS:
+        return None
+    return (f"only {counted(churned, 'churned customer')} scored: one of them scoring otherwise could move the AUC "
+            f"by up to {1 / churned:.2f}, so it is indicative only until about {MIN_CHURNS} churns are on record")

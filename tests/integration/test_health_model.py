@@ -903,6 +903,8 @@ async def test_backtest_auc_matches_an_independent_computation(settings: Setting
     assert report["auc"] == pytest.approx(expected, abs=5e-5)
     assert report["churned_scored"] == 3 and report["retained_scored"] == len(retained_scores) == len(stay) + 1
     assert report["days_before"] == days_before and "Mann-Whitney" in report["method"]
+    assert report["note"] == ("only 3 churned customers scored: one of them scoring otherwise could move the AUC by up "
+                              "to 0.33, so it is indicative only until about 10 churns are on record")  # fmt: skip
     left_out = {(e["customer_id"], e["reason"]) for e in report["left_out"]}
     assert left_out == {(str(customer_id_for("stay-nodata")), "no component had data"),
                         (str(customer_id_for("late")), "not registered yet")}  # fmt: skip

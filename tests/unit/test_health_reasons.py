@@ -1,9 +1,11 @@
-"""The components' reasons read as sentences: a count of one is singular, a renewal on the day is "today"."""
+"""The components' reasons read as sentences: a count of one is singular, a renewal on the day is "today";
+and a backtest on few churns says what its AUC is worth."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from projections.backtest import MIN_CHURNS, sample_note
 from projections.health import counted, engagement_component, financial_component, support_component
 from projections.health_inputs_query import Inputs
 
@@ -32,3 +34,10 @@ def test_many_are_plural_and_the_day_itself_is_today() -> None:
                   csat_90d=[0.5, 1.0])  # fmt: skip
     assert support_component(many, 15, True).reason == "2 open tickets (1 high priority), CSAT 75% over 2 ratings in 90 days"
     assert financial_component(many, 10, AS_OF).reason == "renews today with no renewal signal"
+
+
+def test_an_auc_from_few_churns_says_so() -> None:
+    assert sample_note(1) == ("only 1 churned customer scored: one of them scoring otherwise could move the AUC by up to "
+                              "1.00, so it is indicative only until about 10 churns are on record")  # fmt: skip
+    assert "up to 0.11" in (sample_note(9) or "")
+    assert sample_note(MIN_CHURNS) is None and sample_note(250) is None
