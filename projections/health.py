@@ -261,18 +261,30 @@ def health_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
 
 
 def compare(a: Health, b: Health) -> dict[str, Any]:
-    """Why the score changed between two instants, component by component."""
-    rows = []
+    """Why the score changed between two instants, component by component.
+
+    The explanation names the (at most three) components that moved the score most: a component
+    whose score moved, weighed by its weight times the move; and a component that gained (or lost)
+    data in between, which enters (or leaves) the weighted mean, weighed by its weight times its
+    distance from the other instant's overall score (a detractor's first NPS answer can move the
+    score as much as any component's fall)."""
+    rows, effects = [], []
     for ca, cb in zip(a.components, b.components, strict=True):
         delta = None if ca.score is None or cb.score is None else round(cb.score - ca.score, 1)
         rows.append({"component": ca.name, "from": ca.score, "to": cb.score, "delta": delta,
                      "reason_from": ca.reason, "reason_to": cb.reason})  # fmt: skip
-    moved = sorted((r for r in rows if r["delta"]), key=lambda r: abs(r["delta"]) * _weight(a, r["component"]), reverse=True)
+        if delta:
+            effects.append((abs(delta) * ca.weight, f"{ca.name} {delta:+.1f}: {cb.reason}"))
+        elif ca.score is None and cb.score is not None:
+            baseline = a.score if a.score is not None else b.score
+            effects.append((abs(cb.score - (baseline or 0.0)) * cb.weight,
+                            f"{cb.name} now counted at {cb.score:.1f} (no data before): {cb.reason}"))  # fmt: skip
+        elif ca.score is not None and cb.score is None:
+            baseline = b.score if b.score is not None else a.score
+            effects.append((abs(ca.score - (baseline or 0.0)) * ca.weight,
+                            f"{ca.name} no longer counted (it was {ca.score:.1f}): {cb.reason}"))  # fmt: skip
+    effects.sort(key=lambda e: e[0], reverse=True)
     delta = None if a.score is None or b.score is None else round(b.score - a.score, 1)
     return {"from": a.as_of, "to": b.as_of, "score_from": a.score, "score_to": b.score, "delta": delta,
             "band_from": a.band, "band_to": b.band, "components": rows,
-            "explanation": [f"{r['component']} {r['delta']:+.1f}: {r['reason_to']}" for r in moved[:3]]}  # fmt: skip
-
-
-def _weight(h: Health, name: str) -> float:
-    return next(c.weight for c in h.components if c.name == name)
+            "explanation": [line for _, line in effects[:3]]}  # fmt: skip

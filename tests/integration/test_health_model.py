@@ -954,16 +954,20 @@ async def test_compare_to_explains_the_change_component_by_component(settings: S
     today = date(2026, 11, 1)
     a, b = midnight(today - timedelta(days=14)), midnight(today)
     with open_services(settings) as svc:
-        load_customers(svc, [account("acme", renewal="2027-09-30")])
+        load_customers(svc, [account("acme", renewal="2027-09-30"), account("beta", renewal="2027-09-30", zendesk=False)])
         load(svc, "mixpanel", "\n".join(daily_usage("acme", today - timedelta(days=120), today - timedelta(days=1), 5)))
+        load(svc, "mixpanel", "\n".join(daily_usage("beta", today - timedelta(days=120), today - timedelta(days=1), 5)))
         load(svc, "zendesk", zendesk_json([
             ZTicket(1, "acme", at(today - timedelta(days=90)), at(today - timedelta(days=89)), "solved", "normal"),
             ZTicket(2, "acme", at(today - timedelta(days=7)), at(today - timedelta(days=7), 13), "open", "urgent"),
             ZTicket(3, "acme", at(today - timedelta(days=6)), at(today - timedelta(days=6), 13), "open", "urgent"),
         ]))  # fmt: skip
-        load(svc, "nps", nps_csv([("n1", "acme", 8, at(today - timedelta(days=60))), ("n2", "acme", 6, at(today - timedelta(days=5)))]))
+        load(svc, "nps", nps_csv([("n1", "acme", 8, at(today - timedelta(days=60))), ("n2", "acme", 6, at(today - timedelta(days=5))),
+                                  ("n3", "beta", 1, at(today - timedelta(days=5)))]))  # beta's first answer: a detractor
     async with Client(build_server(settings, background=False)) as client:
         result = (await call(client, "calculate_health_score", {"client_id": "acme", "as_of": iso(b), "compare_to": iso(a)}))
+        beta = (await call(client, "calculate_health_score", {"client_id": "beta", "as_of": iso(b), "compare_to": iso(a)}))
+        back = (await call(client, "calculate_health_score", {"client_id": "beta", "as_of": iso(a), "compare_to": iso(b)}))
         then = (await call(client, "calculate_health_score", {"client_id": "acme", "as_of": iso(a)}))["customer"]
     now, comparison = result["customer"], result["customer"]["comparison"]
     assert comparison["from"] == iso(a) and comparison["to"] == iso(b)
@@ -980,3 +984,12 @@ async def test_compare_to_explains_the_change_component_by_component(settings: S
     assert explanation[0].startswith("support -") and "2 open tickets (2 high priority)" in explanation[0]
     assert explanation[1].startswith("sentiment -") and "latest NPS answer 6 (detractor)" in explanation[1]
     assert rows["support"]["reason_from"].startswith("0 open tickets")
+
+    # Nothing of beta's moved, but its first NPS answer came in between: that is why it fell.
+    beta_change = beta["customer"]["comparison"]
+    sentiment = next(c for c in beta["customer"]["components"] if c["name"] == "sentiment")
+    assert beta_change["delta"] < -10 and all(r["delta"] in (0, None) for r in beta_change["components"])
+    assert beta_change["explanation"] == [
+        f"sentiment now counted at {sentiment['score']:.1f} (no data before): latest NPS answer 1 (detractor), NPS -100 over 180 days"]
+    assert back["customer"]["comparison"]["explanation"] == [  # the other way round
+        f"sentiment no longer counted (it was {sentiment['score']:.1f}): no NPS responses recorded"]
