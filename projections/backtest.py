@@ -7,8 +7,8 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
-from projections.base import utc_iso
-from projections.health import counted, health_as_of
+from projections.base import counted, utc_iso
+from projections.health import health_as_of
 from projections.health_inputs import CONTRACTS
 from projections.store import ViewStore
 

@@ -53,6 +53,11 @@ class Projection(ABC):
             tx.execute(f"DROP TABLE IF EXISTS {table}")
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 ("1 open ticket", "3 open tickets")."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def as_utc(moment: datetime) -> datetime:
     """``moment`` as an aware UTC datetime (naive = UTC); one already in UTC, as stored moments are,
     as it is. (The projections' one such helper; ``events.replay.as_utc`` is the events' own.)"""

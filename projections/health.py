@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from events.scorecard import COMPONENTS
+from projections.base import counted
 from projections.feedback import nps_of
 from projections.health_inputs_query import DEFAULT_KEY_FEATURES, BookInputs, Inputs, days_between, gather_at
 from projections.store import Tx, ViewStore
@@ -76,11 +77,6 @@ def band_of(score: float | None, bands: dict[str, float]) -> str:
     if score is None:
         return "unknown"
     return "green" if score >= bands["green"] else ("yellow" if score >= bands["yellow"] else "red")
-
-
-def counted(n: int, noun: str) -> str:
-    """``n`` and ``noun``, plural unless ``n`` is 1 ("1 open ticket", "3 open tickets")."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _clamp(value: float) -> float:

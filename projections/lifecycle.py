@@ -8,7 +8,9 @@ band at T and the latest stage override recorded before T. The first rule that h
 1. **override**  — a stage override recorded before T and expiring after it (at < T < expires_at)
 2. **churned**   — churned_on <= T's date
 3. **at_risk**   — the health band at T is red
-4. **renewal**   — renewal_date is within 90 days after T and not passed (0 <= days <= 90)
+4. **renewal**   — renewal_date is within 90 days after T (0 <= days <= 90), or passed with no
+   renewal or churn recorded: an overdue renewal is still a renewal to close (the financial
+   component says the same), and leaving it for "mature" hid it
 5. **onboarding** — T is within 90 days of contract_start (else of registration); it would
    end earlier when the onboarding plan completes (hook: :func:`onboarding_plan_completed_on`)
 6. **expansion** — an open expansion opportunity (hook: :func:`open_expansion_opportunity`)
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from projections.base import as_utc, utc_iso
+from projections.base import as_utc, counted, utc_iso
 
 ONBOARDING_DAYS = 90
 RENEWAL_WINDOW_DAYS = 90
@@ -112,8 +114,12 @@ def derive(at: datetime, contract: Mapping[str, Any], band: str | None, *, expan
     if band == "red":
         return "at_risk", "health band red"
     renewal = contract.get("renewal_date")
-    if renewal and 0 <= (date.fromisoformat(renewal[:10]) - today).days <= RENEWAL_WINDOW_DAYS:
-        return "renewal", f"renewal_date {renewal[:10]} within {RENEWAL_WINDOW_DAYS} days"
+    if renewal:
+        days = (date.fromisoformat(renewal[:10]) - today).days
+        if 0 <= days <= RENEWAL_WINDOW_DAYS:
+            return "renewal", f"renewal_date {renewal[:10]} within {RENEWAL_WINDOW_DAYS} days"
+        if days < 0:  # a renewal recorded moves the date forward, a churn is caught above
+            return "renewal", f"renewal_date {renewal[:10]} passed {counted(-days, 'day')} ago with no renewal or churn recorded"
     anchor, what = anchor_of(contract)
     if at < anchor + timedelta(days=ONBOARDING_DAYS) and (onboarding_done is None or today < onboarding_done):
         return "onboarding", f"within {ONBOARDING_DAYS} days of {what}"

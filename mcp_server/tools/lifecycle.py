@@ -160,7 +160,8 @@ def register(mcp: MCPServer) -> None:
     ) -> LifecycleResult:
         """Lifecycle stages (onboarding, adoption, expansion, mature, renewal, at_risk, churned),
         derived from events: override > churned > at_risk (red health) > renewal (renewal_date
-        within 90 days) > onboarding (first 90 days) > expansion > adoption (first year) > mature.
+        within 90 days, or passed with no renewal or churn recorded) > onboarding (first 90 days) >
+        expansion > adoption (first year) > mature.
         Actions: 'get' a customer's stage as of an instant, since when, days in stage, the rule
         that put it there and any active override; 'history' its stage periods (from, to, days,
         because) and total time in each stage; 'override' set a stage by hand with a reason and a

@@ -125,6 +125,29 @@ async def test_each_rule_as_of_different_instants(settings: Settings) -> None:
         assert "client_id" in missing and "required" in missing
 
 
+async def test_an_overdue_renewal_stays_in_renewal(settings: Settings) -> None:
+    """A renewal date that passed with no renewal or churn recorded, health not red (a promoter's
+    NPS answer holds it yellow): the renewal is overdue, not a "mature" account."""
+    with open_services(settings) as svc:
+        report = import_customers(svc.app, read_rows(io.StringIO(customers_csv([account("lapsed", "2024-01-01",
+                                  renewal="2025-03-01")]))), actor="test", source_name="c.csv")  # fmt: skip
+        assert not report.rejected, report.as_dict()
+        svc.engine.ensure_current()
+        load(svc, "nps", "response_id,customer,email,score,comment,responded_at\n"
+                         "r1,lapsed,ops@lapsed.example,10,love it,2025-02-01T10:00:00Z\n")  # fmt: skip
+    async with Client(build_server(settings, background=False)) as client:
+        due = await stage_of(client, "lapsed", at("2025-02-15"))
+        overdue = await stage_of(client, "lapsed", at("2025-03-10"))
+        health = await call(client, {"client_id": "lapsed", "as_of": at("2025-03-10")}, "calculate_health_score")
+        listed = await call(client, {"action": "list", "as_of": at("2025-03-10"), "stage": "renewal"})
+    assert (due["stage"], due["because"]) == ("renewal", "renewal_date 2025-03-01 within 90 days")
+    assert health["customer"]["band"] == "yellow"
+    assert (overdue["stage"], overdue["rule"]) == ("renewal", "renewal")
+    assert overdue["because"] == "renewal_date 2025-03-01 passed 9 days ago with no renewal or churn recorded"
+    assert overdue["since"].startswith("2024-12-01")  # one renewal period, due then overdue
+    assert [m["client_id"] for m in listed["items"]] == ["lapsed"]
+
+
 async def test_history_periods_and_time_in_stage(settings: Settings) -> None:
     load_book(settings)
     async with Client(build_server(settings, background=False)) as client:

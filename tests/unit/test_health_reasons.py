@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from projections.backtest import MIN_CHURNS, sample_note
-from projections.health import counted, engagement_component, financial_component, support_component
+from projections.base import counted
+from projections.health import engagement_component, financial_component, support_component
 from projections.health_inputs_query import Inputs
 
 AS_OF = datetime(2026, 12, 1, 12, tzinfo=UTC)

@@ -38,11 +38,15 @@ def override(stage: str, at: str, expires: str, author: str = "mcp:claude", reas
          "within 90 days of registration 2025-03-15"),
         ("2025-06-13T10:00:00", {"start": None, "registered": "2025-03-15T10:00:00"}, None, "adoption",
          "first year since registration 2025-03-15"),
-        # Renewal: from 90 days before the renewal date through the day itself, then not any more.
+        # Renewal: from 90 days before the renewal date through the day itself, then overdue while
+        # no renewal (the date moved forward) or churn is recorded.
         ("2025-08-02T08:00:00", {"renewal": "2025-11-01"}, "green", "adoption", "first year since contract_start 2025-01-01"),
         ("2025-08-02T08:00:00", {"renewal": "2025-10-31"}, "green", "renewal", "renewal_date 2025-10-31 within 90 days"),
         ("2025-10-30T23:00:00", {"renewal": "2025-10-30"}, "yellow", "renewal", "renewal_date 2025-10-30 within 90 days"),
-        ("2025-10-31T00:00:00", {"renewal": "2025-10-30"}, "yellow", "adoption", "first year since contract_start 2025-01-01"),
+        ("2025-10-31T00:00:00", {"renewal": "2025-10-30"}, "yellow", "renewal",
+         "renewal_date 2025-10-30 passed 1 day ago with no renewal or churn recorded"),
+        ("2026-03-01T00:00:00", {"renewal": "2025-10-30"}, "green", "renewal",
+         "renewal_date 2025-10-30 passed 122 days ago with no renewal or churn recorded"),
         # Renewal beats onboarding; red health beats renewal; a churn beats red health.
         ("2025-02-01T00:00:00", {"renewal": "2025-03-01"}, None, "renewal", "renewal_date 2025-03-01 within 90 days"),
         ("2025-02-01T00:00:00", {"renewal": "2025-03-01"}, "red", "at_risk", "health band red"),
