@@ -3,6 +3,8 @@ backtest_health_model. All of them read the views built from events (see project
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -19,6 +21,7 @@ from projections.backtest import backtest
 from projections.health import Health, compare, health_at, trend_of
 from projections.store import Tx
 from projections.health_history import history_rows
+from projections.health_inputs_query import book_feature_first_days
 
 ClientId = Annotated[str, Field(min_length=1, max_length=64, description="external key or customer id")]
 
@@ -93,6 +96,26 @@ def one_customer(svc: Services, client_id: str, as_of: datetime, compare_to: dat
     return out
 
 
+def unseen_key_features(names: list[str], seen: Iterable[str]) -> list[str]:
+    """Warnings for key features the usage data never showed. A name that is not seen but looks
+    like a seen feature (the same but for case or spaces, or a close spelling) is a typo: refused
+    with the seen name, so a scorecard never silently marks every customer down for it."""
+    known = set(seen)
+    folded = {" ".join(f.split()).casefold(): f for f in sorted(known)}
+    warnings = []
+    for n, raw in enumerate(names):
+        name = raw.strip()
+        if name in known:
+            continue
+        near = folded.get(" ".join(name.split()).casefold()) or next(iter(difflib.get_close_matches(name, sorted(known), 1, 0.85)), None)
+        if near is not None:
+            raise ToolError(f"key_features[{n}]: {name!r} was never seen in the usage data; did you mean {near!r}? "
+                            "(feature names are event names, case-sensitive)")  # fmt: skip
+        warnings.append(f"key_features[{n}]: {name!r} has not been seen in the usage data yet: every customer counts "
+                        "as not using it until it appears")  # fmt: skip
+    return warnings
+
+
 def register(mcp: MCPServer) -> None:
     @mcp.tool(annotations=ToolAnnotations(title="Health score", read_only_hint=True))
     def calculate_health_score(
@@ -145,15 +168,25 @@ def register(mcp: MCPServer) -> None:
     ) -> dict[str, Any]:
         """Change the health model's weights, band thresholds or key features. Recorded as an
         event with the previous version, so every past score stays explainable with the model
-        of its day. Omitted settings keep their current value. Returns the model now in force."""
+        of its day. Omitted settings keep their current value. Returns the model now in force.
+        Key features are event names as the usage data spells them (case-sensitive): one never
+        seen that looks like a seen one ('created report' for 'Created Report') is refused with
+        the name to use; one never seen at all is accepted with a warning (every customer counts
+        as not using it until it appears)."""
         svc = services(ctx)
         changes = {k: v for k, v in (("weights", weights), ("bands", bands), ("key_features", key_features)) if v is not None}
+        warnings: list[str] = []
         with tool_errors():
             if not changes:
                 raise ToolError("weights, bands or key_features: pass at least one setting to change")
+            if key_features:
+                read_ready(svc)
+                with svc.store.snapshot() as tx:
+                    warnings = unseen_key_features(key_features, book_feature_first_days(tx))
             config, position = svc.app.configure_scorecard(changes, command_meta(ctx, "configure_health_scorecard"))
         after_write(svc, position)
-        return {"scorecard": config.model_dump(), "status": "updated" if position else "unchanged", "position": position}
+        out = {"scorecard": config.model_dump(), "status": "updated" if position else "unchanged", "position": position}
+        return {**out, "warnings": warnings} if warnings else out
 
     @mcp.tool(annotations=ToolAnnotations(title="Override a health score", read_only_hint=False,
                                           destructive_hint=False, idempotent_hint=False))  # fmt: skip

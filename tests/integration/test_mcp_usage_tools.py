@@ -249,6 +249,30 @@ async def test_feature_adoption_first_use_and_key_features_not_adopted(settings:
     assert seen == sorted(seen)
 
 
+async def test_key_features_are_checked_against_the_usage_data(settings: Settings, services: Services) -> None:
+    """A key feature spelled otherwise than the usage data spells it would mark every customer
+    down without a word: refused with the seen name, recording nothing. One never seen at all
+    (a feature about to launch) is recorded with a warning."""
+    for key in ("acme", "globex", "initech"):
+        register(services, key, f"acct-{key}")
+    ingest(services, ADOPTION)
+    head = services.app.last_position()
+    async with Client(build_server(settings, background=False)) as client:
+        cased = await client.call_tool("configure_health_scorecard", {"key_features": ["Exported CSV", "created  report"]})
+        close = await client.call_tool("configure_health_scorecard", {"key_features": ["Viewed Dashbord"]})
+        assert services.app.last_position() == head  # nothing recorded
+        fine = await call(client, "configure_health_scorecard", {"key_features": ["Created Report", "Exported CSV"]})
+        services.engine.ensure_current()  # this test's process runs the views (the server only reads them)
+        ahead = await call(client, "configure_health_scorecard", {"key_features": ["Created Report", "Teleport"]})
+    text = " ".join(getattr(b, "text", "") for b in cased.content)
+    assert cased.is_error and "key_features[1]: 'created  report' was never seen" in text and "'Created Report'?" in text
+    assert close.is_error and "did you mean 'Viewed Dashboard'?" in " ".join(getattr(b, "text", "") for b in close.content)
+    assert fine["status"] == "updated" and "warnings" not in fine
+    assert ahead["status"] == "updated" and ahead["scorecard"]["key_features"] == ["Created Report", "Teleport"]
+    assert ahead["warnings"] == ["key_features[1]: 'Teleport' has not been seen in the usage data yet: every customer "
+                                 "counts as not using it until it appears"]  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- patterns
 def weekly_users(account: str, per_week: list[int], first: date) -> list[Use]:
     """``per_week[i]`` distinct users, each active once on the Tuesday of week i after ``first``."""
