@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import difflib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,7 @@ from events.commands import CommandMeta
 from events.errors import CSError
 from mcp_server.services import Services
 from projections.base import as_utc
+from projections.health_inputs_query import book_feature_first_days
 from projections.runner import ProjectionStoppedError, ViewsBehindError
 
 
@@ -84,3 +86,27 @@ def joined(*notes: str | None) -> str | None:
 
 def none_if_empty(value: Any) -> Any:
     return None if value in ("", None) else value
+
+
+def unseen_features(svc: Services, named: Sequence[tuple[str, str]]) -> list[str]:
+    """Warnings for features (``(field, name)`` pairs) the usage data never showed. A name not seen
+    that looks like a seen feature (the same but for case or spaces, or a close spelling) is a
+    typo: refused naming the field and the seen name, before anything is recorded, so a scorecard
+    or a milestone never silently counts every customer as not using it. One with no close match
+    (a feature about to launch) passes, with a warning."""
+    read_ready(svc)
+    with svc.store.snapshot() as tx:
+        known = set(book_feature_first_days(tx))
+    folded = {" ".join(f.split()).casefold(): f for f in sorted(known)}
+    warnings = []
+    for field, raw in named:
+        name = raw.strip()
+        if name in known:
+            continue
+        near = folded.get(" ".join(name.split()).casefold()) or next(iter(difflib.get_close_matches(name, sorted(known), 1, 0.85)), None)
+        if near is not None:
+            raise ToolError(f"{field}: {name!r} was never seen in the usage data; did you mean {near!r}? "
+                            "(feature names are event names, case-sensitive)")  # fmt: skip
+        warnings.append(f"{field}: {name!r} has not been seen in the usage data yet: every customer counts as not "
+                        "using it until it appears")  # fmt: skip
+    return warnings

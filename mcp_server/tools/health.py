@@ -3,8 +3,6 @@ backtest_health_model. All of them read the views built from events (see project
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -16,12 +14,11 @@ from pydantic import BaseModel, Field
 from events.errors import CustomerNotFoundError
 from mcp_server.services import Services
 from mcp_server.tools.common import (after_write, command_meta, future_note, instant, joined, read_ready, services,
-                                     tool_errors)
+                                     tool_errors, unseen_features)
 from projections.backtest import backtest
 from projections.health import Health, compare, health_at, trend_of
 from projections.store import Tx
 from projections.health_history import history_rows
-from projections.health_inputs_query import book_feature_first_days
 
 ClientId = Annotated[str, Field(min_length=1, max_length=64, description="external key or customer id")]
 
@@ -96,26 +93,6 @@ def one_customer(svc: Services, client_id: str, as_of: datetime, compare_to: dat
     return out
 
 
-def unseen_key_features(names: list[str], seen: Iterable[str]) -> list[str]:
-    """Warnings for key features the usage data never showed. A name that is not seen but looks
-    like a seen feature (the same but for case or spaces, or a close spelling) is a typo: refused
-    with the seen name, so a scorecard never silently marks every customer down for it."""
-    known = set(seen)
-    folded = {" ".join(f.split()).casefold(): f for f in sorted(known)}
-    warnings = []
-    for n, raw in enumerate(names):
-        name = raw.strip()
-        if name in known:
-            continue
-        near = folded.get(" ".join(name.split()).casefold()) or next(iter(difflib.get_close_matches(name, sorted(known), 1, 0.85)), None)
-        if near is not None:
-            raise ToolError(f"key_features[{n}]: {name!r} was never seen in the usage data; did you mean {near!r}? "
-                            "(feature names are event names, case-sensitive)")  # fmt: skip
-        warnings.append(f"key_features[{n}]: {name!r} has not been seen in the usage data yet: every customer counts "
-                        "as not using it until it appears")  # fmt: skip
-    return warnings
-
-
 def register(mcp: MCPServer) -> None:
     @mcp.tool(annotations=ToolAnnotations(title="Health score", read_only_hint=True))
     def calculate_health_score(
@@ -180,9 +157,7 @@ def register(mcp: MCPServer) -> None:
             if not changes:
                 raise ToolError("weights, bands or key_features: pass at least one setting to change")
             if key_features:
-                read_ready(svc)
-                with svc.store.snapshot() as tx:
-                    warnings = unseen_key_features(key_features, book_feature_first_days(tx))
+                warnings = unseen_features(svc, [(f"key_features[{n}]", f) for n, f in enumerate(key_features)])
             config, position = svc.app.configure_scorecard(changes, command_meta(ctx, "configure_health_scorecard"))
         after_write(svc, position)
         out = {"scorecard": config.model_dump(), "status": "updated" if position else "unchanged", "position": position}

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from events.milestones import describe, normalise_name
 from mcp_server.services import Services
-from mcp_server.tools.common import after_write, command_meta, read_ready, services, tool_errors
+from mcp_server.tools.common import after_write, command_meta, read_ready, services, tool_errors, unseen_features
 from projections.lifecycle import parse_utc
 from projections.milestones import definitions, progress, reached_on
 from projections.usage import has_usage_before
@@ -115,11 +115,13 @@ def register(mcp: MCPServer) -> None:
             if action == "define":
                 if name is None:
                     raise ToolError("name: required for action 'define', e.g. '5 active users'")
+                feature = rule.get("feature") if isinstance(rule, dict) else None
+                warnings = unseen_features(svc, [("rule.feature", feature)]) if isinstance(feature, str) and feature.strip() else []
                 status, position = svc.app.define_milestone(name, rule, command_meta(ctx, "track_adoption_milestones"))
                 after_write(svc, position)
                 read_ready(svc)
                 return MilestonesResult(action="define", status=status, position=position,  # type: ignore[arg-type]
-                                        items=[_out(r) for r in _selected(svc, name)])  # fmt: skip
+                                        items=[_out(r) for r in _selected(svc, name)], notes=warnings)  # fmt: skip
             if action == "delete":
                 if name is None:
                     raise ToolError("name: required for action 'delete'")

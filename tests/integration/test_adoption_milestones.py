@@ -151,6 +151,21 @@ def test_distinct_features_leave_out_mixpanels_own_events(settings: Settings) ->
             assert progress(tx, {"metric": "events_30d", "op": ">=", "value": 1}, beta, date(2026, 3, 10))["events_30d"] == 7
 
 
+async def test_a_misspelled_feature_is_refused_and_an_unseen_one_warned(settings: Settings) -> None:
+    """A milestone on 'created report' would never be reached by anyone: the usage data says
+    'Created Report'. Refused with the name to use, recording nothing; a feature never seen at
+    all (about to launch) is defined, with a note."""
+    load_usage(settings)
+    async with Client(build_server(settings, background=False)) as client:
+        typo = await error(client, {"action": "define", "name": "Reports", "rule": {"feature": "created report"}})
+        assert (await call(client, {"action": "list"}))["items"] == []  # nothing recorded
+        ahead = await call(client, {"action": "define", "name": "Teleported", "rule": {"feature": "Teleport", "min_uses": 3}})
+    assert "rule.feature: 'created report' was never seen" in typo and "did you mean 'Created Report'?" in typo
+    assert ahead["status"] == "created" and ahead["notes"] == [
+        "rule.feature: 'Teleport' has not been seen in the usage data yet: every customer counts as not using it until "
+        "it appears"]  # fmt: skip
+
+
 BAD_RULES = [
     (None, "rule"),
     ({"metric": "logins_30d", "op": ">=", "value": 5}, "rule.metric"),
