@@ -19,7 +19,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from events.segments import Segment, segment_key
+from events.segments import EQUALITY_OPS, FIELDS, Segment, segment_key
 from projections.base import Projection, utc_iso
 from projections.store import Tx, ViewStore
 
@@ -45,6 +45,35 @@ def matches(rules: dict[str, Any], row: dict[str, Any]) -> bool:
     if actual is None or value is None:
         return False
     return _ORDER[op](actual, value)
+
+
+def unmatched_values(rules: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """Notes for the text values the rules compare with (``=``, ``!=``, ``in`` on tier, industry,
+    owner, domain) that no customer has, matched as the rules match them (case-insensitive): a
+    segment on owner 'Dana' when the owners are 'Dana Reyes', ... would be empty without a word.
+    Each note names the values the book has (up to ten; domains are not listed)."""
+    notes: list[str] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        if "field" not in node:
+            for child in node.get("all", node.get("any", [])) or ([node["not"]] if "not" in node else []):
+                walk(child)
+            return
+        name = node["field"]
+        if FIELDS[name].kind != "text" or node["op"] not in EQUALITY_OPS:
+            return
+        have = {str(r[name]).casefold(): str(r[name]) for r in rows if r.get(name) is not None}
+        for value in node["value"] if isinstance(node["value"], list) else [node["value"]]:
+            if isinstance(value, str) and value.casefold() not in have:
+                known = sorted(set(have.values()))
+                listed = "" if name == "domain" or not known else f" ({name} values now: {', '.join(known[:10])}" + (
+                    ", …)" if len(known) > 10 else ")")  # fmt: skip
+                note = f"{name} {value!r}: no customer has this {name}{listed}"
+                if note not in notes:
+                    notes.append(note)
+
+    walk(rules)
+    return notes
 
 
 def _equal(actual: Any, value: Any) -> bool:

@@ -18,7 +18,7 @@ from mcp_server.services import Services
 from mcp_server.tools.common import after_write, command_meta, read_ready, services, tool_errors
 from projections.cursor import decode_cursor, encode_cursor
 from projections.segment_members import book_rows, definition, members, page, population, totals
-from projections.segments import SegmentsView
+from projections.segments import SegmentsView, unmatched_values
 from projections.value_tiers import value_tiers
 
 DESCRIPTION_HELP = 'what the segment is for; "" clears it on update'
@@ -75,6 +75,8 @@ class SegmentReport(BaseModel):
     segments: list[SegmentOut] | None = Field(None, description="list: the segments, by name, with their totals")
     members: list[Member] | None = Field(None, description="members: this page, largest ARR first")
     next_cursor: str | None = None
+    notes: list[str] = Field(default_factory=list, description="define / update / members: text values in the rules "
+                             "that no customer has (a typo empties a segment without a word)")  # fmt: skip
     as_of: datetime
 
 
@@ -119,7 +121,8 @@ def _written(svc: Services, action: str, result: SegmentResult, now: datetime) -
     rows = None if result.status == "deleted" else book_rows(svc.store, now, with_stage=with_stage)
     seg = _out(result.name, result.description, result.rules, rows, SegmentsView(svc.store).get(result.name))
     return SegmentReport(action=action, status=result.status, position=result.position,  # type: ignore[arg-type]
-                         changes=result.changes, segment=seg, as_of=now)  # fmt: skip
+                         changes=result.changes, segment=seg, as_of=now,
+                         notes=unmatched_values(result.rules, rows) if rows is not None else [])  # fmt: skip
 
 
 def _require(value: Any, name: str, action: str) -> Any:
@@ -146,12 +149,13 @@ def segment_action(svc: Services, ctx: Context, action: str, name: str | None, r
     if action == "members":
         found = definition(svc.store, _require(name, "name", action))
         stored: dict[str, Any] = found["rules"]
-        rows = members(book_rows(svc.store, now, with_stage="stage" in fields_used(stored)), stored)
+        book = book_rows(svc.store, now, with_stage="stage" in fields_used(stored))
+        rows = members(book, stored)
         chunk, next_cursor = page(rows, limit, cursor)
         seg = _out(found["name"], found["description"], stored, None, found)
         seg.totals = Totals(**totals(rows))
         return SegmentReport(action="members", status="ok", segment=seg, members=[_member(r) for r in chunk],
-                             next_cursor=next_cursor, as_of=now)  # fmt: skip
+                             next_cursor=next_cursor, as_of=now, notes=unmatched_values(stored, book))  # fmt: skip
     defined = SegmentsView(svc.store).all()
     after = decode_cursor(cursor, 1)
     if after is not None:

@@ -166,6 +166,26 @@ async def test_every_action_of_segment_customers(settings: Settings) -> None:
         assert overview["segments"] == ["Detractors"]
 
 
+async def test_values_no_customer_has_are_said(settings: Settings) -> None:
+    """A text value in the rules that no customer has ('Manufactoring', an owner's first name)
+    would empty (or, with !=, fill) a segment without a word: the result says which, and what
+    the book has. The segment is defined all the same (a value may be about to exist)."""
+    _load(settings)
+    async with Client(build_server(settings, background=False)) as client:
+        defined = await call(client, "segment_customers", {"action": "define", "name": "Factories", "rules": {
+            "any": [{"field": "industry", "op": "in", "value": ["Manufactoring", "PHARMA"]},
+                    {"not": {"field": "tier", "op": "!=", "value": "strategic"}}]}})  # fmt: skip
+        listed = await call(client, "segment_customers", {"action": "members", "name": "Factories"})
+        fine = await call(client, "segment_customers", {"action": "define", "name": "Makers",
+                                                        "rules": "industry = MANUFACTURING"})  # fmt: skip
+    expected = ["industry 'Manufactoring': no customer has this industry (industry values now: manufacturing, pharma, "
+                "retail, software)",
+                "tier 'strategic': no customer has this tier (tier values now: enterprise, growth, starter)"]  # fmt: skip
+    assert defined["status"] == "defined" and defined["notes"] == expected
+    assert [m["client_id"] for m in listed["members"]] == ["umbrella"] and listed["notes"] == expected
+    assert fine["notes"] == [] and fine["segment"]["totals"]["count"] == 2  # case-insensitive, as the rules match
+
+
 async def test_bad_input_is_named_and_records_nothing(settings: Settings) -> None:
     _load(settings)
     async with Client(build_server(settings, background=False)) as client:
