@@ -106,6 +106,8 @@ class UpdateResult(BaseModel):
 class ClientList(BaseModel):
     items: list[ClientSummary]
     next_cursor: str | None
+    notes: list[str] = Field(default_factory=list, description="when nothing matched: each tier, owner or industry "
+                             "given that no customer has, with the values the book has")  # fmt: skip
 
 
 class Timeline(BaseModel):

@@ -194,6 +194,11 @@ class CustomerProfileView:
             "primary": bool(row["is_primary"]),
         }
 
+    def text_fields(self) -> list[dict[str, Any]]:
+        """The distinct (tier, owner, industry) of the book: what a text filter can match."""
+        with self.store.snapshot() as tx:
+            return tx.fetchall(f"SELECT DISTINCT tier, owner, industry FROM {CUSTOMERS}")
+
     def list(
         self,
         *,

@@ -28,6 +28,7 @@ from mcp_server.tools.common import after_write, command_meta, read_ready, servi
 from mcp_server.tools.signals import signals_as_of
 from projections.health import Health, health_at, trend_of
 from projections.segment_members import allowed_customer_ids, segments_of
+from projections.segments import unmatched_values
 from projections.lifecycle_query import stage_name
 
 ClientId = Annotated[
@@ -236,7 +237,11 @@ def register(mcp: MCPServer) -> None:
                 tier=tier, owner=owner, industry=industry, status=status, min_arr=min_arr, max_arr=max_arr,
                 renewal_within_days=renewal_within_days, customer_ids=allowed, sort=sort, limit=limit, cursor=cursor,
             )  # fmt: skip
-        return ClientList(items=[_summary(r) for r in rows], next_cursor=next_cursor)
+            notes = []
+            given = [{"field": f, "op": "=", "value": v} for f, v in (("tier", tier), ("owner", owner), ("industry", industry)) if v]
+            if not rows and cursor is None and given:  # an owner's first name, a misspelt industry: say so
+                notes = unmatched_values({"all": given}, svc.profiles.text_fields())
+        return ClientList(items=[_summary(r) for r in rows], next_cursor=next_cursor, notes=notes)
 
     @mcp.tool(annotations=ToolAnnotations(title="Customer timeline", read_only_hint=True))
     def get_client_timeline(

@@ -178,12 +178,19 @@ async def test_values_no_customer_has_are_said(settings: Settings) -> None:
         listed = await call(client, "segment_customers", {"action": "members", "name": "Factories"})
         fine = await call(client, "segment_customers", {"action": "define", "name": "Makers",
                                                         "rules": "industry = MANUFACTURING"})  # fmt: skip
+        typo = await call(client, "list_clients", {"industry": "Manufactoring", "tier": "Enterprise"})
+        found = await call(client, "list_clients", {"industry": "Manufacturing", "tier": "Enterprise"})
+        none = await call(client, "list_clients", {"industry": "pharma", "tier": "starter"})  # both exist, not together
     expected = ["industry 'Manufactoring': no customer has this industry (industry values now: manufacturing, pharma, "
                 "retail, software)",
                 "tier 'strategic': no customer has this tier (tier values now: enterprise, growth, starter)"]  # fmt: skip
     assert defined["status"] == "defined" and defined["notes"] == expected
     assert [m["client_id"] for m in listed["members"]] == ["umbrella"] and listed["notes"] == expected
     assert fine["notes"] == [] and fine["segment"]["totals"]["count"] == 2  # case-insensitive, as the rules match
+    # list_clients' text filters likewise, when nothing matched.
+    assert typo["items"] == [] and typo["notes"] == [expected[0]]
+    assert [c["client_id"] for c in found["items"]] == ["globex", "stark"] and found["notes"] == []
+    assert none["items"] == [] and none["notes"] == []
 
 
 async def test_bad_input_is_named_and_records_nothing(settings: Settings) -> None:
@@ -302,7 +309,9 @@ async def test_list_clients_segment_and_health_filters_paginate(settings: Settin
         assert {c["client_id"] for c in combined} == {k for k in want_segment
                                                       if health[k]["band"] == "yellow" and (arr[k] or 0) >= 20000}  # fmt: skip
         empty = await call(client, "list_clients", {"band": "green", "industry": "nowhere"})
-        assert empty == {"items": [], "next_cursor": None}
+        assert empty["items"] == [] and empty["next_cursor"] is None
+        assert empty["notes"] == ["industry 'nowhere': no customer has this industry (industry values now: manufacturing, "
+                                  "pharma, retail, software)"]  # fmt: skip
 
 
 async def test_stage_rules_agree_with_the_overview_stage(settings: Settings) -> None:
