@@ -11,6 +11,7 @@ from rich.table import Table
 
 from events.settings import Settings
 from mcp_server.services import Services
+from projections.base import counted
 from projections.health import health_as_of
 
 RENEWAL_WINDOW_DAYS = 90
@@ -39,6 +40,8 @@ def collect(svc: Services, today: date | None = None) -> dict[str, Any]:
     active = [r for r in rows if r["status"] == "active"]
     at_risk = [r for r in active if r["band"] in ("red", "yellow")]
     due = [r for r in active if r["days_to_renewal"] is not None and 0 <= r["days_to_renewal"] <= RENEWAL_WINDOW_DAYS]
+    # Renewal date passed, customer still active (no renewal moved the date, no churn recorded).
+    overdue = [r for r in active if r["days_to_renewal"] is not None and r["days_to_renewal"] < 0]
     return {
         "as_of": today.isoformat(),
         "customers": len(rows),
@@ -47,6 +50,8 @@ def collect(svc: Services, today: date | None = None) -> dict[str, Any]:
         "active_arr": sum(r["arr"] or 0 for r in active),
         "renewals_due": len(due),
         "renewals_due_arr": sum(r["arr"] or 0 for r in due),
+        "renewals_overdue": len(overdue),
+        "renewals_overdue_arr": sum(r["arr"] or 0 for r in overdue),
         "bands": {b: sum(1 for r in active if r["band"] == b) for b in ("green", "yellow", "red", "unknown")},
         "arr_at_risk": sum(r["arr"] or 0 for r in at_risk),
         "rows": [
@@ -66,6 +71,7 @@ def render(console: Console, data: dict[str, Any], settings: Settings) -> None:
     for r in data["rows"]:
         days = r["days_to_renewal"]
         soon = r["status"] == "active" and days is not None and 0 <= days <= RENEWAL_WINDOW_DAYS
+        late = r["status"] == "active" and days is not None and days < 0
         churned = r["status"] == "churned"
         score = "—" if r["health"] is None else f"{r['health']:.0f} {r['band']}"
         table.add_row(
@@ -73,7 +79,7 @@ def render(console: Console, data: dict[str, Any], settings: Settings) -> None:
             f"[{colours[r['band']]}]{score}[/]" if not churned else "[dim]churned[/]",
             f"{r['arr']:,.0f}" if r["arr"] is not None else "",
             r["renewal_date"] or "",
-            f"[yellow]{days}[/]" if soon and not churned else ("" if days is None else str(days)),
+            f"[yellow]{days}[/]" if soon else f"[red]{days}[/]" if late else ("" if days is None else str(days)),
             r["owner"] or "",
             r["driver"].split(";")[0] if r["band"] in ("red", "yellow") and not churned else "",
         )
@@ -81,7 +87,9 @@ def render(console: Console, data: dict[str, Any], settings: Settings) -> None:
     console.print(
         f"{data['customers']} customers, {data['active']} active, {data['churned']} churned; "
         f"active ARR {data['active_arr']:,.0f}; {data['renewals_due']} renewals in the next "
-        f"{RENEWAL_WINDOW_DAYS} days worth {data['renewals_due_arr']:,.0f}."
+        f"{RENEWAL_WINDOW_DAYS} days worth {data['renewals_due_arr']:,.0f}"
+        + (f"; {counted(data['renewals_overdue'], 'renewal')} overdue (date passed, no renewal or churn recorded) "
+           f"worth {data['renewals_overdue_arr']:,.0f}" if data["renewals_overdue"] else "") + "."
     )
     b = data["bands"]
     console.print(

@@ -55,6 +55,10 @@ def test_demo_loads_the_sample_book_and_is_repeatable(tmp_path: Path) -> None:
 
     human = cs(tmp_path, "demo")
     assert human.returncode == 0 and "Northwind Logistics" in human.stdout and "cs serve" in human.stdout
+    # Sparrow HR's renewal date passed 11 days before the sample day, and it is still active.
+    sparrow = next(r for r in board["rows"] if r["external_key"] == "sparrow-hr")
+    assert sparrow["days_to_renewal"] == -11 and (board["renewals_overdue"], board["renewals_overdue_arr"]) == (1, sparrow["arr"])
+    assert "1 renewal overdue (date passed, no renewal or churn recorded) worth 11,800" in " ".join(human.stdout.split())
 
 
 def test_import_reports_rejected_rows_and_exits_2(tmp_path: Path) -> None:
