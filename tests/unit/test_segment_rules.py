@@ -224,7 +224,7 @@ def test_docs_describe_every_field_and_the_service_levels() -> None:
     assert all(f"| {tier} | " in doc and level in doc for tier, level in SERVICE_LEVELS.items())
     examples = doc.split("### Examples", 1)[1].split("```", 1)[0]
     texts = [row.split("|")[2].strip().strip("`") for row in examples.splitlines() if row.startswith("| ") and "`" in row]
-    assert len(texts) == 7
+    assert len(texts) == 8
     for text in texts:  # every example in the table is a valid rule
         validate_rules(text)
 
