@@ -22,6 +22,7 @@ from projections.feedback import nps_of
 from projections.health_inputs_query import DEFAULT_KEY_FEATURES, BookInputs, Inputs, days_between, gather_at
 from projections.store import Tx, ViewStore
 
+IDLE_SAID_AFTER_DAYS = 7  # a usage reason names the last day used when it is longer ago than this
 TARGET_SEAT_ACTIVATION = 0.6  # active users / seats at which usage level scores 100
 TARGET_ACTIVE_DAYS = 20  # active days in 30 for full usage level when seats are unknown
 OPEN_TICKET_PENALTY = 12
@@ -83,7 +84,7 @@ def _clamp(value: float) -> float:
     return round(max(0.0, min(100.0, value)), 1)
 
 
-def usage_component(i: Inputs, weight: float) -> Component:
+def usage_component(i: Inputs, weight: float, as_of: datetime) -> Component:
     seats = i.contract.get("seats")
     inputs = {"active_users_30d": i.active_users_30d, "active_users_prev_30d": i.active_users_prev_30d,
               "active_days_30d": i.active_days_30d, "events_30d": i.events_30d, "seats": seats}  # fmt: skip
@@ -96,6 +97,12 @@ def usage_component(i: Inputs, weight: float) -> Component:
     else:
         level = min(i.active_days_30d / TARGET_ACTIVE_DAYS, 1.0) * 100
         reason = f"active on {i.active_days_30d} of the last 30 days (seats unknown)"
+    if i.active_days_30d and i.last_usage_day:
+        # Users active early in the window count as much as today's: say when usage stopped.
+        inputs["last_usage_day"] = i.last_usage_day
+        idle = days_between(as_of.date(), i.last_usage_day)
+        if idle > IDLE_SAID_AFTER_DAYS:
+            reason += f"; last used {counted(idle, 'day')} ago ({i.last_usage_day})"
     if i.active_users_prev_30d:
         change = (i.active_users_30d - i.active_users_prev_30d) / i.active_users_prev_30d
         inputs["trend_30d"] = round(change, 3)
@@ -206,7 +213,7 @@ def score_customer(i: Inputs, book: BookInputs) -> Health:
     configured = bool(card.key_features)
     key_features = set(card.key_features) if configured else book.book_features
     components = [
-        usage_component(i, weights["usage"]),
+        usage_component(i, weights["usage"], book.as_of),
         adoption_component(i, weights["adoption"], key_features, configured),
         support_component(i, weights["support"], book.support_connected),
         sentiment_component(i, weights["sentiment"], book.as_of),

@@ -47,6 +47,7 @@ class Inputs:
     arr_180d_max: float | None = None
     renewal_extended: bool = False
     first_usage_day: str | None = None
+    last_usage_day: str | None = None  # the last day with usage before as_of's date, if within the days read
     active_users_30d: int = 0
     active_users_prev_30d: int = 0
     active_days_30d: int = 0
@@ -243,6 +244,7 @@ def _gather_usage(books: list[BookInputs], firsts: list[tuple[Any, ...]], bit_ro
             days, events, user_bits, feature_bits = window
             old, start, stop = bisect_left(days, d60s[n]), bisect_left(days, d30s[n]), bisect_left(days, stops[n])
             inputs.active_days_30d, inputs.events_30d = stop - start, sum(events[start:stop])
+            inputs.last_usage_day = days[stop - 1] if stop else None
             inputs.active_users_30d = reduce(or_, user_bits[start:stop], 0).bit_count()
             inputs.active_users_prev_30d = reduce(or_, user_bits[old:start], 0).bit_count()
             used = reduce(or_, feature_bits[start:stop], 0)

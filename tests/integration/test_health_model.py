@@ -281,6 +281,24 @@ async def test_machine_opens_are_no_engagement_and_a_message_is_sent_once(settin
     assert any("Apple Mail Privacy Protection" in item["summary"] for item in timeline["items"]), timeline["items"]
 
 
+@pytest.mark.anyio
+async def test_the_usage_reason_says_when_usage_stopped(settings: Settings) -> None:
+    """Users active early in the 30 days count as much as today's: a customer silent for 12 days
+    reads like a steady one in the counts, so the reason names the last day used."""
+    today = datetime.now(UTC).date()
+    with open_services(settings) as svc:
+        load_customers(svc, [account("quiet"), account("steady")])
+        load(svc, "mixpanel", "\n".join(daily_usage("quiet", today - timedelta(days=40), today - timedelta(days=12), 4)
+                                         + daily_usage("steady", today - timedelta(days=40), today - timedelta(days=1), 4)))
+    async with Client(build_server(settings, background=False)) as client:
+        quiet = by_name((await call(client, "calculate_health_score", {"client_id": "quiet"}))["customer"])["usage"]
+        steady = by_name((await call(client, "calculate_health_score", {"client_id": "steady"}))["customer"])["usage"]
+    last = (today - timedelta(days=12)).isoformat()
+    assert quiet["inputs"]["active_users_30d"] == steady["inputs"]["active_users_30d"] == 4
+    assert quiet["inputs"]["last_usage_day"] == last and f"; last used 12 days ago ({last})" in quiet["reason"]
+    assert steady["inputs"]["last_usage_day"] == (today - timedelta(days=1)).isoformat() and "last used" not in steady["reason"]
+
+
 # ------------------------------------------------------------- b: the past does not see the future
 @contextmanager
 def fresh_services(settings: Settings, admin_url: Callable[[], str]) -> Iterator[Services]:

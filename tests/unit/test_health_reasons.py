@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 from projections.backtest import MIN_CHURNS, sample_note
 from projections.base import counted
-from projections.health import engagement_component, financial_component, support_component
+from projections.health import (IDLE_SAID_AFTER_DAYS, engagement_component, financial_component, support_component,
+                                usage_component)
 from projections.health_inputs_query import Inputs
 
 AS_OF = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -42,3 +43,12 @@ def test_an_auc_from_few_churns_says_so() -> None:
                               "1.00, so it is indicative only until about 10 churns are on record")  # fmt: skip
     assert "up to 0.11" in (sample_note(9) or "")
     assert sample_note(MIN_CHURNS) is None and sample_note(250) is None
+
+
+def test_the_usage_reason_names_the_last_day_used_after_a_week() -> None:
+    def reason(last: str) -> str:
+        i = Inputs("c", {"seats": 10}, first_usage_day="2026-10-01", last_usage_day=last, active_users_30d=3, active_days_30d=5)
+        return usage_component(i, 30, AS_OF).reason
+    assert reason("2026-11-23") == "3 of 10 seats active in the last 30 days (30%); last used 8 days ago (2026-11-23)"
+    assert reason("2026-11-24") == "3 of 10 seats active in the last 30 days (30%)"  # 7 days: not said
+    assert IDLE_SAID_AFTER_DAYS == 7
