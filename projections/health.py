@@ -171,15 +171,22 @@ def engagement_component(i: Inputs, weight: float, as_of: datetime) -> Component
         inputs["machine_opens"] = machine  # Apple Mail Privacy Protection fetched the pixel: nobody's touch
     if not i.email_kinds:
         return Component("engagement", None, weight, inputs, "no e-mail or interaction records for this customer")
+    # A bounce (or a send dropped for an address that bounced before) after the last touch: the
+    # reader may be gone (said, not scored: a mailbox can come back, a colleague can still read).
+    bounced = max((i.email_kinds[k][1] for k in ("bounce", "dropped") if k in i.email_kinds), default=None)
+    since = ""
+    if bounced is not None and (not touches or bounced > max(touches)):
+        inputs["bounced_since_last_touch"] = bounced
+        since = f"; an e-mail bounced {'since, on' if touches else 'on'} {bounced[:10]} (is the contact still there?)"
     if not touches:
         left_out = f"; {counted(machine, 'machine open')} by Apple Mail Privacy Protection left out" if machine else ""
         return Component("engagement", 0.0, weight, inputs,
-                         f"no open, click or reply on record ({counted(sent, 'e-mail')} sent{left_out})")  # fmt: skip
+                         f"no open, click or reply on record ({counted(sent, 'e-mail')} sent{left_out}){since}")  # fmt: skip
     days = days_between(as_of.date(), max(touches))
     inputs["days_since_touch"] = days
     span = DISENGAGED_AFTER_DAYS - ENGAGED_WITHIN_DAYS
     score = 100 if days <= ENGAGED_WITHIN_DAYS else 100 * max(0, DISENGAGED_AFTER_DAYS - days) / span
-    return Component("engagement", _clamp(score), weight, inputs, f"last two-way touch {counted(days, 'day')} ago")
+    return Component("engagement", _clamp(score), weight, inputs, f"last two-way touch {counted(days, 'day')} ago{since}")
 
 
 def financial_component(i: Inputs, weight: float, as_of: datetime) -> Component:

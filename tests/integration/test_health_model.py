@@ -255,11 +255,13 @@ async def test_machine_opens_are_no_engagement_and_a_message_is_sent_once(settin
     message counts as one e-mail sent whether its processed event, its delivered event or both arrive."""
     today = datetime.now(UTC).date()
     with open_services(settings) as svc:
-        load_customers(svc, [account("apple"), account("reader")])
-        # One message each, posted as SendGrid does: processed, then delivered, then opened.
+        load_customers(svc, [account("apple"), account("reader"), account("moved")])
+        # One message each, posted as SendGrid does: processed, then delivered, then opened; moved's
+        # next message bounced the day after it was opened.
         events = [("p1", "apple", "processed", 3, None), ("d1", "apple", "delivered", 3, None),
                   ("o1", "apple", "open", 2, True), ("d2", "reader", "delivered", 3, None),
-                  ("o2", "reader", "open", 2, False)]  # fmt: skip
+                  ("o2", "reader", "open", 2, False), ("d3", "moved", "delivered", 3, None),
+                  ("o3", "moved", "open", 2, False), ("b3", "moved", "bounce", 1, None)]  # fmt: skip
         load(svc, "sendgrid", json.dumps([{
             "email": f"ops@{key}.example", "timestamp": int(at(today - timedelta(days=ago)).timestamp()), "event": kind,
             "sg_event_id": eid, "sg_message_id": f"msg-{key}.filter0001",
@@ -268,6 +270,7 @@ async def test_machine_opens_are_no_engagement_and_a_message_is_sent_once(settin
     async with Client(build_server(settings, background=False)) as client:
         apple = by_name((await call(client, "calculate_health_score", {"client_id": "apple"}))["customer"])["engagement"]
         reader = by_name((await call(client, "calculate_health_score", {"client_id": "reader"}))["customer"])["engagement"]
+        moved = by_name((await call(client, "calculate_health_score", {"client_id": "moved"}))["customer"])["engagement"]
         overview = await call(client, "get_client_overview", {"client_id": "apple"})
         timeline = await call(client, "get_client_timeline", {"client_id": "apple"})
 
@@ -276,6 +279,9 @@ async def test_machine_opens_are_no_engagement_and_a_message_is_sent_once(settin
     assert apple["reason"] == "no open, click or reply on record (1 e-mail sent; 1 machine open by Apple Mail Privacy Protection left out)"
     assert reader["score"] == 100.0 and reader["reason"] == "last two-way touch 2 days ago"
     assert "machine_opens" not in reader["inputs"]
+    bounced = (today - timedelta(days=1)).isoformat()
+    assert moved["score"] == 100.0 and moved["reason"] == (
+        f"last two-way touch 2 days ago; an e-mail bounced since, on {bounced} (is the contact still there?)")
     email = overview["signals"]["email"]
     assert (email["opens"], email["machine_opens"], email["last_engaged_at"]) == (0, 1, None)
     assert any("Apple Mail Privacy Protection" in item["summary"] for item in timeline["items"]), timeline["items"]

@@ -52,3 +52,19 @@ def test_the_usage_reason_names_the_last_day_used_after_a_week() -> None:
     assert reason("2026-11-23") == "3 of 10 seats active in the last 30 days (30%); last used 8 days ago (2026-11-23)"
     assert reason("2026-11-24") == "3 of 10 seats active in the last 30 days (30%)"  # 7 days: not said
     assert IDLE_SAID_AFTER_DAYS == 7
+
+
+def test_a_bounce_after_the_last_touch_is_said_not_scored() -> None:
+    def engagement(kinds: dict[str, tuple[int, str]]) -> tuple[float | None, str, dict[str, object]]:
+        c = engagement_component(Inputs("c", {}, email_kinds=kinds, emails_sent=2), 10, AS_OF)
+        return c.score, c.reason, c.inputs
+    opened = {"delivered": (2, "2026-11-20"), "open": (1, "2026-11-27")}
+    assert engagement(opened)[:2] == (100, "last two-way touch 4 days ago")
+    after = engagement({**opened, "bounce": (1, "2026-11-30T10:00:00Z")})
+    assert after[:2] == (100, "last two-way touch 4 days ago; an e-mail bounced since, on 2026-11-30 (is the contact still there?)")
+    assert after[2]["bounced_since_last_touch"] == "2026-11-30T10:00:00Z"
+    before = engagement({**opened, "dropped": (1, "2026-11-25T10:00:00Z")})  # a touch came after it
+    assert before[:2] == (100, "last two-way touch 4 days ago") and "bounced_since_last_touch" not in before[2]
+    silent = engagement({"delivered": (2, "2026-11-20"), "bounce": (1, "2026-11-29T08:00:00Z")})
+    assert silent[:2] == (0.0, "no open, click or reply on record (2 e-mails sent); an e-mail bounced on 2026-11-29 "
+                               "(is the contact still there?)")  # fmt: skip
