@@ -39,11 +39,11 @@ class HealthScore(BaseModel):
     computed_score: float | None = Field(description="the model's score before any override")
     band: Literal["green", "yellow", "red", "unknown"]
     confidence: float = Field(description="share of the scorecard's weight whose components had data")
-    components: list[ComponentOut]
+    components: list[ComponentOut] | None = Field(description="null in a book listed with include_components false")
     drivers: list[str]
     trend: dict[str, Any]
     override: dict[str, Any] | None
-    scorecard: dict[str, Any]
+    scorecard: dict[str, Any] | None = Field(description="weights, bands and since when; null as components")
     as_of: datetime
     note: str | None
     comparison: dict[str, Any] | None = None
@@ -59,13 +59,14 @@ class HealthReport(BaseModel):
     note: str | None = Field(None, description="set when as_of or compare_to is after now (the answer is not a forecast)")
 
 
-def _out(h: Health, prior: Health | None, names: dict[str, tuple[str, str]]) -> HealthScore:
+def _out(h: Health, prior: Health | None, names: dict[str, tuple[str, str]], components: bool = True) -> HealthScore:
     key, name = names[h.customer_id]
     data = h.as_dict()
     return HealthScore(client_id=key, name=name, trend=trend_of(h, prior), as_of=datetime.fromisoformat(h.as_of),
-                       components=[ComponentOut(**c) for c in data["components"]],
+                       components=[ComponentOut(**c) for c in data["components"]] if components else None,
+                       scorecard=data["scorecard"] if components else None,
                        **{k: data[k] for k in ("score", "computed_score", "band", "confidence", "drivers", "override",
-                                               "scorecard", "note")})  # fmt: skip
+                                               "note")})  # fmt: skip
 
 
 def _names_in(tx: Tx, customer_id: str | None = None) -> dict[str, tuple[str, str]]:
@@ -105,12 +106,17 @@ def register(mcp: MCPServer) -> None:
         include_churned: bool = False,
         limit: Annotated[int, Field(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, Field(max_length=20, pattern=r"^\d+$")] = None,
+        include_components: Annotated[bool, Field(description="the whole book: false leaves out each customer's "
+                                                  "components and scorecard (about a fifth of the size); the score, "
+                                                  "band, confidence, drivers, trend and override stay")] = True,  # fmt: skip
     ) -> HealthReport:
         """Health of one customer (client_id) or of the whole book (worst first), now or as of
         a past instant: score 0-100, band, the six components with their inputs and weights,
         confidence, top drivers, 30-day trend and any active override. With compare_to, explains
         the change between the two instants component by component. Computed from events only;
-        components without data are left out and lower the confidence."""
+        components without data are left out and lower the confidence. For a first look at the
+        whole book, include_components=false keeps each customer to its score, band, drivers and
+        trend; then ask for one customer (client_id) to see its components."""
         svc = services(ctx)
         moment = instant(as_of)
         note = future_note(as_of=as_of, compare_to=compare_to)
@@ -132,7 +138,7 @@ def register(mcp: MCPServer) -> None:
         start = int(cursor or 0)
         page = selected[start : start + limit]
         next_cursor = str(start + limit) if start + limit < len(selected) else None
-        return HealthReport(as_of=moment, items=[_out(h, prior.get(h.customer_id), names) for h in page],
+        return HealthReport(as_of=moment, items=[_out(h, prior.get(h.customer_id), names, include_components) for h in page],
                           next_cursor=next_cursor, summary=summary, note=note)  # fmt: skip
 
     @mcp.tool(annotations=ToolAnnotations(title="Configure the health scorecard", read_only_hint=False,

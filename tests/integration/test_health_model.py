@@ -224,8 +224,14 @@ async def test_no_data_is_said_and_never_scored(settings: Settings) -> None:
         busy = (await call(client, "calculate_health_score", {"client_id": "busy"}))["customer"]
         partial = (await call(client, "calculate_health_score", {"client_id": "npsonly"}))["customer"]
         book = await call(client, "calculate_health_score", {})
+        lean = await call(client, "calculate_health_score", {"include_components": False})
 
     assert bare["score"] is None and bare["band"] == "unknown" and bare["confidence"] == 0.0, bare
+    # Without components: the same customers, scores, bands, drivers and trends, in a fraction of the text.
+    same = ("client_id", "score", "band", "confidence", "drivers", "trend", "override")
+    assert [{k: i[k] for k in same} for i in lean["items"]] == [{k: i[k] for k in same} for i in book["items"]]
+    assert all(i["components"] is None and i["scorecard"] is None for i in lean["items"])
+    assert len(json.dumps(lean)) < len(json.dumps(book)) / 3 and lean["summary"] == book["summary"]
     for component in bare["components"]:
         assert component["score"] is None and component["has_data"] is False and component["reason"], component
     assert "no usage data" in by_name(bare)["usage"]["reason"]
