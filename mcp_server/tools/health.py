@@ -56,7 +56,8 @@ class HealthReport(BaseModel):
     items: list[HealthScore] = Field(default_factory=list, description="the book, worst first (no client_id)")
     next_cursor: str | None = None
     summary: dict[str, int] | None = Field(None, description="customers per band across the whole selection")
-    note: str | None = Field(None, description="set when as_of or compare_to is after now (the answer is not a forecast)")
+    note: str | None = Field(None, description="set when as_of or compare_to is after now (the answer is not a forecast), "
+                             "or when nobody was registered yet at as_of")  # fmt: skip
 
 
 def _out(h: Health, prior: Health | None, names: dict[str, tuple[str, str]], components: bool = True) -> HealthScore:
@@ -128,6 +129,8 @@ def register(mcp: MCPServer) -> None:
             with svc.store.snapshot() as tx:  # both instants and the names from one consistent read
                 scores, prior = health_at(tx, [moment, moment - timedelta(days=30)])
                 names = _names_in(tx)
+        if not scores:  # nobody registered yet at that instant: say so rather than an empty list
+            note = joined(f"no customer was registered before {moment.isoformat()}: nothing to score", note)
         selected = [h for h in scores.values() if include_churned or not h.note or not h.note.startswith("churned")]
         summary: dict[str, int] = {}
         for h in selected:

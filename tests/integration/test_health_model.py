@@ -225,8 +225,10 @@ async def test_no_data_is_said_and_never_scored(settings: Settings) -> None:
         partial = (await call(client, "calculate_health_score", {"client_id": "npsonly"}))["customer"]
         book = await call(client, "calculate_health_score", {})
         lean = await call(client, "calculate_health_score", {"include_components": False})
+        early = await call(client, "calculate_health_score", {"as_of": "2000-01-01T00:00:00Z"})
 
     assert bare["score"] is None and bare["band"] == "unknown" and bare["confidence"] == 0.0, bare
+    assert early["items"] == [] and early["note"] == "no customer was registered before 2000-01-01T00:00:00+00:00: nothing to score"
     # Without components: the same customers, scores, bands, drivers and trends, in a fraction of the text.
     same = ("client_id", "score", "band", "confidence", "drivers", "trend", "override")
     assert [{k: i[k] for k in same} for i in lean["items"]] == [{k: i[k] for k in same} for i in book["items"]]
