@@ -163,7 +163,8 @@ def sentiment_component(i: Inputs, weight: float, as_of: datetime) -> Component:
 
 
 def engagement_component(i: Inputs, weight: float, as_of: datetime) -> Component:
-    touches = [i.email_kinds[k][1] for k in ("open", "click") if k in i.email_kinds]
+    touched = {k: i.email_kinds[k][1] for k in ("open", "click") if k in i.email_kinds}  # kind -> last at
+    touches = list(touched.values())
     sent = i.emails_sent
     inputs: dict[str, Any] = {"last_two_way_touch": max(touches) if touches else None, "emails_sent": sent}
     machine = i.email_kinds.get("machine_open", (0, None))[0]
@@ -184,9 +185,11 @@ def engagement_component(i: Inputs, weight: float, as_of: datetime) -> Component
                          f"no open, click or reply on record ({counted(sent, 'e-mail')} sent{left_out}){since}")  # fmt: skip
     days = days_between(as_of.date(), max(touches))
     inputs["days_since_touch"] = days
+    last_kind = max(touched, key=lambda k: (touched[k], k == "click"))  # the reason says which it was
+    inputs["last_touch_kind"] = last_kind
     span = DISENGAGED_AFTER_DAYS - ENGAGED_WITHIN_DAYS
     score = 100 if days <= ENGAGED_WITHIN_DAYS else 100 * max(0, DISENGAGED_AFTER_DAYS - days) / span
-    return Component("engagement", _clamp(score), weight, inputs, f"last two-way touch {counted(days, 'day')} ago{since}")
+    return Component("engagement", _clamp(score), weight, inputs, f"last e-mail {last_kind} {counted(days, 'day')} ago{since}")
 
 
 def financial_component(i: Inputs, weight: float, as_of: datetime) -> Component:

@@ -285,11 +285,11 @@ async def test_machine_opens_are_no_engagement_and_a_message_is_sent_once(settin
     assert apple["has_data"] and apple["score"] == 0.0 and apple["inputs"]["last_two_way_touch"] is None
     assert apple["inputs"]["machine_opens"] == 1 and apple["inputs"]["emails_sent"] == 1  # one message, two events
     assert apple["reason"] == "no open, click or reply on record (1 e-mail sent; 1 machine open by Apple Mail Privacy Protection left out)"
-    assert reader["score"] == 100.0 and reader["reason"] == "last two-way touch 2 days ago"
+    assert reader["score"] == 100.0 and reader["reason"] == "last e-mail open 2 days ago"
     assert "machine_opens" not in reader["inputs"]
     bounced = (today - timedelta(days=1)).isoformat()
     assert moved["score"] == 100.0 and moved["reason"] == (
-        f"last two-way touch 2 days ago; an e-mail bounced since, on {bounced} (is the contact still there?)")
+        f"last e-mail open 2 days ago; an e-mail bounced since, on {bounced} (is the contact still there?)")
     email = overview["signals"]["email"]
     assert (email["opens"], email["machine_opens"], email["last_engaged_at"]) == (0, 1, None)
     assert any("Apple Mail Privacy Protection" in item["summary"] for item in timeline["items"]), timeline["items"]

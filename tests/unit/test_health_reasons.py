@@ -23,7 +23,7 @@ def test_one_ticket_one_rating_one_email_one_day() -> None:
                  tickets=[{"solved": False, "priority": "normal"}], csat_90d=[1.0],
                  email_kinds={"delivered": (1, "2026-11-20"), "open": (1, "2026-11-30")})  # fmt: skip
     assert support_component(one, 15, True).reason == "1 open ticket (0 high priority), CSAT 100% over 1 rating in 90 days"
-    assert engagement_component(one, 10, AS_OF).reason == "last two-way touch 1 day ago"
+    assert engagement_component(one, 10, AS_OF).reason == "last e-mail open 1 day ago"
     assert financial_component(one, 10, AS_OF).reason == "renews in 1 day with no renewal signal"
     unopened = Inputs("c", {"renewal_date": "2026-11-30"}, email_kinds={"delivered": (1, "2026-11-20")}, emails_sent=1)
     assert engagement_component(unopened, 10, AS_OF).reason == "no open, click or reply on record (1 e-mail sent)"
@@ -59,12 +59,14 @@ def test_a_bounce_after_the_last_touch_is_said_not_scored() -> None:
         c = engagement_component(Inputs("c", {}, email_kinds=kinds, emails_sent=2), 10, AS_OF)
         return c.score, c.reason, c.inputs
     opened = {"delivered": (2, "2026-11-20"), "open": (1, "2026-11-27")}
-    assert engagement(opened)[:2] == (100, "last two-way touch 4 days ago")
+    assert engagement(opened)[:2] == (100, "last e-mail open 4 days ago")
+    clicked = engagement({**opened, "click": (1, "2026-11-29")})  # the reason says which touch it was
+    assert clicked[:2] == (100, "last e-mail click 2 days ago") and clicked[2]["last_touch_kind"] == "click"
     after = engagement({**opened, "bounce": (1, "2026-11-30T10:00:00Z")})
-    assert after[:2] == (100, "last two-way touch 4 days ago; an e-mail bounced since, on 2026-11-30 (is the contact still there?)")
+    assert after[:2] == (100, "last e-mail open 4 days ago; an e-mail bounced since, on 2026-11-30 (is the contact still there?)")
     assert after[2]["bounced_since_last_touch"] == "2026-11-30T10:00:00Z"
     before = engagement({**opened, "dropped": (1, "2026-11-25T10:00:00Z")})  # a touch came after it
-    assert before[:2] == (100, "last two-way touch 4 days ago") and "bounced_since_last_touch" not in before[2]
+    assert before[:2] == (100, "last e-mail open 4 days ago") and "bounced_since_last_touch" not in before[2]
     silent = engagement({"delivered": (2, "2026-11-20"), "bounce": (1, "2026-11-29T08:00:00Z")})
     assert silent[:2] == (0.0, "no open, click or reply on record (2 e-mails sent); an e-mail bounced on 2026-11-29 "
                                "(is the contact still there?)")  # fmt: skip
