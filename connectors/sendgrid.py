@@ -25,6 +25,7 @@ from connectors.common import parse_time, require, text_or_none
 from connectors.matching import CustomerDirectory, match
 from events.errors import InvalidInputError
 from events.ingest import EmailActivity, Match
+from events.signals import MACHINE_OPEN
 
 VENDOR = "sendgrid"
 SIGNATURE_HEADER = "x-twilio-email-event-webhook-signature"
@@ -32,7 +33,6 @@ TIMESTAMP_HEADER = "x-twilio-email-event-webhook-timestamp"
 KINDS = frozenset({"processed", "deferred", "delivered", "open", "click", "bounce", "dropped", "spamreport",
                    "unsubscribe", "group_unsubscribe", "group_resubscribe"})  # fmt: skip
 REPLAY_WINDOW_S = 300
-MACHINE_OPEN = "machine_open"  # an open with sg_machine_open true (Apple Mail Privacy Protection)
 
 
 def translate(event: Any) -> EmailActivity:

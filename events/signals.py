@@ -166,6 +166,11 @@ class SurveyResponse(Aggregate):
         self.customer_id, self.score = customer_id, score
 
 
+# The kind an e-mail event is recorded with when SendGrid flags an open sg_machine_open: made by
+# Apple Mail Privacy Protection, which fetches every message's pixel, read or not (no engagement).
+MACHINE_OPEN = "machine_open"
+
+
 class EmailEvent(Aggregate):
     """One e-mail delivery event (delivered, open, click, bounce, ...) from SendGrid."""
 

@@ -27,6 +27,7 @@ from typing import Any
 from eventsourcing.application import AggregateNotFoundError
 
 from events.domain import customer_id_for
+from events.signals import MACHINE_OPEN
 
 FEATURES = ("Viewed Dashboard", "Created Report", "Exported CSV", "Invited Teammate", "Configured Integration")
 DAYS = 60
@@ -195,16 +196,16 @@ def sendgrid_events(customers: list[SampleCustomer], today: date) -> list[dict[s
             message = hashlib.sha256(f"{c.key}|msg|{m}".encode()).hexdigest()[:22]
             kinds = ["processed", "bounce"] if story["bounce"] and m == 0 else ["processed", "delivered"]
             if kinds[-1] == "delivered" and story.get("apple_mail"):
-                kinds.append("machine_open")  # Apple fetched the pixel on delivery, read or not
+                kinds.append(MACHINE_OPEN)  # Apple fetched the pixel on delivery, read or not
             if kinds[1] == "delivered" and unit(c.key, "open", m) < (0.2 if c.key in STORIES else 0.8):
                 kinds += ["open", "click"] if unit(c.key, "click", m) < 0.5 else ["open"]
             for k, kind in enumerate(kinds):
                 event = {"email": c.contact_email, "timestamp": int(sent.timestamp()) + 60 * k,
-                         "event": "open" if kind == "machine_open" else kind,
+                         "event": "open" if kind == MACHINE_OPEN else kind,
                          "sg_event_id": hashlib.sha256(f"{message}|{kind}".encode()).hexdigest()[:22],
                          "sg_message_id": f"{message}.filter0001"}  # fmt: skip
                 if event["event"] == "open":
-                    event["sg_machine_open"] = kind == "machine_open"  # SendGrid sets it on every open
+                    event["sg_machine_open"] = kind == MACHINE_OPEN  # SendGrid sets it on every open
                 if kind == "bounce":
                     event.update({"reason": "550 5.1.1 mailbox unavailable", "status": "5.1.1", "type": "bounce"})
                 if kind == "click":

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from events.signals import EmailEvent, SurveyResponse
+from events.signals import MACHINE_OPEN, EmailEvent, SurveyResponse
 from projections.base import Projection, utc_iso
 from projections.store import Tx
 
@@ -96,7 +96,7 @@ def email_metrics(tx: Tx, customer_id: UUID, as_of: datetime) -> dict[str, Any]:
         "delivered": by_kind.get("delivered", (0, None))[0],
         "opens": by_kind.get("open", (0, None))[0],
         "clicks": by_kind.get("click", (0, None))[0],
-        "machine_opens": by_kind.get("machine_open", (0, None))[0],  # Apple Mail Privacy Protection: not counted as opens
+        "machine_opens": by_kind.get(MACHINE_OPEN, (0, None))[0],  # Apple Mail Privacy Protection: not counted as opens
         "bounces": by_kind.get("bounce", (0, None))[0] + by_kind.get("dropped", (0, None))[0],
         "last_engaged_at": max(engaged) if engaged else None,
     }

@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from events.scorecard import COMPONENTS
+from events.signals import MACHINE_OPEN
 from projections.base import counted
 from projections.feedback import nps_of
 from projections.health_inputs_query import DEFAULT_KEY_FEATURES, BookInputs, Inputs, days_between, gather_at
@@ -164,10 +165,10 @@ def sentiment_component(i: Inputs, weight: float, as_of: datetime) -> Component:
 
 def engagement_component(i: Inputs, weight: float, as_of: datetime) -> Component:
     touched = {k: i.email_kinds[k][1] for k in ("open", "click") if k in i.email_kinds}  # kind -> last at
-    touches = list(touched.values())
+    last_touch = max(touched.values()) if touched else None
     sent = i.emails_sent
-    inputs: dict[str, Any] = {"last_two_way_touch": max(touches) if touches else None, "emails_sent": sent}
-    machine = i.email_kinds.get("machine_open", (0, None))[0]
+    inputs: dict[str, Any] = {"last_two_way_touch": last_touch, "emails_sent": sent}
+    machine = i.email_kinds.get(MACHINE_OPEN, (0, None))[0]
     if machine:
         inputs["machine_opens"] = machine  # Apple Mail Privacy Protection fetched the pixel: nobody's touch
     if not i.email_kinds:
@@ -176,14 +177,14 @@ def engagement_component(i: Inputs, weight: float, as_of: datetime) -> Component
     # reader may be gone (said, not scored: a mailbox can come back, a colleague can still read).
     bounced = max((i.email_kinds[k][1] for k in ("bounce", "dropped") if k in i.email_kinds), default=None)
     since = ""
-    if bounced is not None and (not touches or bounced > max(touches)):
+    if bounced is not None and (last_touch is None or bounced > last_touch):
         inputs["bounced_since_last_touch"] = bounced
-        since = f"; an e-mail bounced {'since, on' if touches else 'on'} {bounced[:10]} (is the contact still there?)"
-    if not touches:
+        since = f"; an e-mail bounced {'since, on' if last_touch else 'on'} {bounced[:10]} (is the contact still there?)"
+    if last_touch is None:
         left_out = f"; {counted(machine, 'machine open')} by Apple Mail Privacy Protection left out" if machine else ""
         return Component("engagement", 0.0, weight, inputs,
                          f"no open, click or reply on record ({counted(sent, 'e-mail')} sent{left_out}){since}")  # fmt: skip
-    days = days_between(as_of.date(), max(touches))
+    days = days_between(as_of.date(), last_touch)
     inputs["days_since_touch"] = days
     last_kind = max(touched, key=lambda k: (touched[k], k == "click"))  # the reason says which it was
     inputs["last_touch_kind"] = last_kind

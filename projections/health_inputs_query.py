@@ -17,6 +17,7 @@ from operator import itemgetter, or_
 from typing import Any
 from uuid import UUID
 
+from events.ingest import SESSION_EVENTS
 from events.scorecard import ScorecardConfig
 from projections.base import utc_iso
 from projections.feedback import EMAILS, SURVEYS
@@ -24,7 +25,8 @@ from projections.health_inputs import CONTRACTS, OVERRIDES, SCORECARDS, TICKET_S
 from projections.store import Tx
 from projections.usage import DAYS, FEATURE_BITS, bits_of
 
-SESSION_LIKE = frozenset({"$session_start", "session_start", "Session Start", "$ae_session", "App Open"})
+SESSION_LIKE = SESSION_EVENTS  # counted as sessions on import, never as features
+OWN_EVENT_PREFIX = "$"  # Mixpanel's own (automatic, reserved) event names start with it
 # What key_features_source says when the scorecard names no key features (see default_key_features).
 DEFAULT_KEY_FEATURES = "every feature seen in the book except Mixpanel's own $ events"
 
@@ -35,7 +37,7 @@ def default_key_features(features: Iterable[str]) -> set[str]:
     autocapture clicks ``$mp_click``, identity merges ``$identify``, mobile lifecycle ``$ae_*``).
     Those are activity, not product features: they still count as events and make users active,
     but a customer is not marked down for not "adopting" them. A scorecard that names one makes it key."""
-    return {f for f in features if f not in SESSION_LIKE and not f.startswith("$")}
+    return {f for f in features if f not in SESSION_LIKE and not f.startswith(OWN_EVENT_PREFIX)}
 
 
 @dataclass

@@ -23,6 +23,7 @@ from typing import Any
 from events.milestones import Milestone
 from projections.base import Projection, utc_iso
 from projections.store import Tx
+from projections.health_inputs_query import OWN_EVENT_PREFIX
 from projections.usage import DAYS, FEATURES, USERS
 
 MILESTONES = "cs_milestones_v1"
@@ -88,7 +89,8 @@ def _distinct_of(metric: str) -> tuple[str, str, str]:
     Mixpanel's own ``$`` events (activity, not features: see ``default_key_features``)."""
     if metric == "active_users_30d":
         return USERS, "user_hash", ""
-    return FEATURES, "feature", " AND substr(feature, 1, 1) <> '$'"  # no LIKE: a literal % upsets psycopg's placeholders
+    # substr, not LIKE '$%': a literal % upsets psycopg's placeholders
+    return FEATURES, "feature", f" AND substr(feature, 1, {len(OWN_EVENT_PREFIX)}) <> '{OWN_EVENT_PREFIX}'"
 
 
 def _threshold(rule: dict[str, Any]) -> Any:

@@ -14,7 +14,7 @@ from uuid import UUID
 
 from events.domain import Customer, event_type
 from events.envelope import fast_event_id
-from events.signals import EmailEvent, SurveyResponse, Ticket
+from events.signals import MACHINE_OPEN, EmailEvent, SurveyResponse, Ticket
 from events.personal import ERASED, TOKEN_PREFIX, PersonalDataCodec
 from projections.base import Projection, utc_iso
 from projections.cursor import decode_cursor, encode_cursor
@@ -48,7 +48,7 @@ def summarise(event: Any, ticket_ref: str = "") -> str:
         kind = "promoter" if event.score >= 9 else ("passive" if event.score >= 7 else "detractor")
         return f"NPS response {event.score} ({kind})"
     if isinstance(event, EmailEvent.Recorded):
-        if event.kind == "machine_open":
+        if event.kind == MACHINE_OPEN:
             return "E-mail opened by Apple Mail Privacy Protection (a machine open, not counted as engagement)"
         return f"E-mail {event.kind}" + (f": {event.reason}" if event.reason and event.kind in ("bounce", "dropped") else "")
     if isinstance(event, Customer.Registered):

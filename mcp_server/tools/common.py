@@ -97,13 +97,14 @@ def unseen_features(svc: Services, named: Sequence[tuple[str, str]]) -> list[str
     read_ready(svc)
     with svc.store.snapshot() as tx:
         known = set(book_feature_first_days(tx))
-    folded = {" ".join(f.split()).casefold(): f for f in sorted(known)}
+    ordered = sorted(known)
+    folded = {" ".join(f.split()).casefold(): f for f in ordered}
     warnings = []
     for field, raw in named:
         name = raw.strip()
         if name in known:
             continue
-        near = folded.get(" ".join(name.split()).casefold()) or next(iter(difflib.get_close_matches(name, sorted(known), 1, 0.85)), None)
+        near = folded.get(" ".join(name.split()).casefold()) or next(iter(difflib.get_close_matches(name, ordered, 1, 0.85)), None)
         if near is not None:
             raise ToolError(f"{field}: {name!r} was never seen in the usage data; did you mean {near!r}? "
                             "(feature names are event names, case-sensitive)")  # fmt: skip
