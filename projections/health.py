@@ -58,6 +58,7 @@ class Health:
     override: dict[str, Any] | None = None
     scorecard: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
+    usage_note: str | None = None  # the book's: where its usage data stops (see usage_note), the same for every customer
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (what ``dataclasses.asdict`` gives, without deep-copying every input)."""
@@ -85,25 +86,59 @@ def _clamp(value: float) -> float:
     return round(max(0.0, min(100.0, value)), 1)
 
 
-def usage_component(i: Inputs, weight: float, as_of: datetime) -> Component:
+def usage_data(book: BookInputs, inputs: dict[str, Any]) -> tuple[str, str | None]:
+    """How a usage or adoption reason names its window ("the last 30 days", or "the 30 days to
+    <the book's last usage day>" when the data stops before as_of, also put in ``inputs``), and
+    what it then adds (None: the data is current)."""
+    if not book.usage_lag_days or book.usage_stale:
+        return "the last 30 days", None
+    inputs["usage_data_through"] = book.usage_through
+    return (f"the 30 days to {book.usage_through}",
+            f"the book's usage data ends {book.usage_through}, {counted(book.usage_lag_days, 'day')} before as_of's date")
+
+
+def stale_usage(book: BookInputs) -> str:
+    """The reason of a usage or adoption component left out because the book's usage data stopped."""
+    return (f"no account of the book has usage recorded in the 30 days before as_of's date (the last on "
+            f"{book.usage_through}): the data stopped, so this is not scored")
+
+
+def usage_note(book: BookInputs) -> str | None:
+    """What a whole answer says when the book's usage data stops before as_of (None: it does not)."""
+    day = book.as_of.date().isoformat()
+    if book.usage_stale:
+        return (f"no account of the book has usage recorded in the 30 days before {day} (the last on {book.usage_through}): "
+                "usage and adoption are left out of every score; is the Mixpanel sync running? (get_sync_status)")  # fmt: skip
+    if book.usage_lag_days:
+        return (f"the book's usage data ends {book.usage_through}, {counted(book.usage_lag_days, 'day')} before {day}: no "
+                "account has usage recorded since, so usage and adoption are scored over the 30 days to then; is the "
+                "Mixpanel sync or import current? (get_sync_status)")  # fmt: skip
+    return None
+
+
+def usage_component(i: Inputs, weight: float, book: BookInputs) -> Component:
     seats = i.contract.get("seats")
     inputs = {"active_users_30d": i.active_users_30d, "active_users_prev_30d": i.active_users_prev_30d,
               "active_days_30d": i.active_days_30d, "events_30d": i.events_30d, "seats": seats}  # fmt: skip
     if i.first_usage_day is None:
         return Component("usage", None, weight, inputs, "no usage data for this customer (is its mixpanel_account_id set?)")
+    if book.usage_stale:
+        return Component("usage", None, weight, {**inputs, "usage_data_through": book.usage_through}, stale_usage(book))
+    window, lag = usage_data(book, inputs)
     if seats:
         ratio = i.active_users_30d / seats
         level = min(ratio / TARGET_SEAT_ACTIVATION, 1.0) * 100
-        reason = f"{i.active_users_30d} of {seats} seats active in the last 30 days ({ratio:.0%})"
+        reason = f"{i.active_users_30d} of {seats} seats active in {window} ({ratio:.0%})"
     else:
         level = min(i.active_days_30d / TARGET_ACTIVE_DAYS, 1.0) * 100
-        reason = f"active on {i.active_days_30d} of the last 30 days (seats unknown)"
+        reason = f"active on {i.active_days_30d} of {window} (seats unknown)"
     if i.active_days_30d and i.last_usage_day:
-        # Users active early in the window count as much as today's: say when usage stopped.
+        # Users active early in the window count as much as today's: say when usage stopped
+        # (counted to the window's end: days after the book's data ends say nothing).
         inputs["last_usage_day"] = i.last_usage_day
-        idle = days_between(as_of.date(), i.last_usage_day)
+        idle = days_between(book.usage_end or book.as_of.date(), i.last_usage_day)
         if idle > IDLE_SAID_AFTER_DAYS:
-            reason += f"; last used {counted(idle, 'day')} ago ({i.last_usage_day})"
+            reason += f"; last used {counted(idle, 'day')} {'ago' if lag is None else 'before that'} ({i.last_usage_day})"
     if i.active_users_prev_30d:
         change = (i.active_users_30d - i.active_users_prev_30d) / i.active_users_prev_30d
         inputs["trend_30d"] = round(change, 3)
@@ -112,21 +147,28 @@ def usage_component(i: Inputs, weight: float, as_of: datetime) -> Component:
         reason += f"; active users {direction} vs the previous 30 days"
     else:
         score = level
+    if lag:
+        reason += f" ({lag})"
     return Component("usage", _clamp(score), weight, inputs, reason)
 
 
-def adoption_component(i: Inputs, weight: float, key_features: set[str], configured: bool) -> Component:
+def adoption_component(i: Inputs, weight: float, key_features: set[str], configured: bool, book: BookInputs) -> Component:
     inputs: dict[str, Any] = {"key_features": sorted(key_features), "used_30d": sorted(i.features_30d & key_features),
                               "key_features_source": "scorecard" if configured else DEFAULT_KEY_FEATURES}  # fmt: skip
     if i.first_usage_day is None or not key_features:
         why = "no usage data for this customer" if i.first_usage_day is None else "no features known yet"
         return Component("adoption", None, weight, inputs, why)
+    if book.usage_stale:
+        return Component("adoption", None, weight, {**inputs, "usage_data_through": book.usage_through}, stale_usage(book))
+    window, lag = usage_data(book, inputs)
     used = i.features_30d & key_features
     missing = sorted(key_features - used)
     inputs["not_used_30d"] = missing
-    reason = f"{len(used)} of {len(key_features)} key features used in the last 30 days"
+    reason = f"{len(used)} of {len(key_features)} key features used in {window}"
     if missing:
         reason += f" (not used: {', '.join(missing[:3])}{'…' if len(missing) > 3 else ''})"
+    if lag:
+        reason += f" ({lag})"
     return Component("adoption", _clamp(100 * len(used) / len(key_features)), weight, inputs, reason)
 
 
@@ -224,8 +266,8 @@ def score_customer(i: Inputs, book: BookInputs) -> Health:
     configured = bool(card.key_features)
     key_features = set(card.key_features) if configured else book.book_features
     components = [
-        usage_component(i, weights["usage"], book.as_of),
-        adoption_component(i, weights["adoption"], key_features, configured),
+        usage_component(i, weights["usage"], book),
+        adoption_component(i, weights["adoption"], key_features, configured, book),
         support_component(i, weights["support"], book.support_connected),
         sentiment_component(i, weights["sentiment"], book.as_of),
         engagement_component(i, weights["engagement"], book.as_of),
@@ -258,6 +300,7 @@ def score_customer(i: Inputs, book: BookInputs) -> Health:
         customer_id=i.customer_id, as_of=book.as_of.isoformat(), score=score, computed_score=computed, band=band,
         confidence=round(present_weight / total, 3) if total else 0.0, components=components, drivers=top,
         override=override, scorecard={"weights": weights, "bands": card.bands, "since": book.scorecard_at}, note=note,
+        usage_note=usage_note(book),
     )  # fmt: skip
 
 

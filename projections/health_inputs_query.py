@@ -12,19 +12,20 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from functools import reduce
+from functools import cached_property, reduce
 from operator import itemgetter, or_
 from typing import Any
 from uuid import UUID
 
 from events.ingest import SESSION_EVENTS
 from events.scorecard import ScorecardConfig
-from projections.base import utc_iso
+from projections.base import counted, utc_iso
 from projections.feedback import EMAILS, SURVEYS
 from projections.health_inputs import CONTRACTS, OVERRIDES, SCORECARDS, TICKET_STATES
 from projections.store import Tx
-from projections.usage import DAYS, FEATURE_BITS, bits_of
+from projections.usage import DAYS, FEATURE_BITS, LAST_DAY_BEFORE, bits_of
 
+USAGE_WINDOW_DAYS = 30  # the usage and adoption windows (and the previous window of the usage trend)
 SESSION_LIKE = SESSION_EVENTS  # counted as sessions on import, never as features
 OWN_EVENT_PREFIX = "$"  # Mixpanel's own (automatic, reserved) event names start with it
 # What key_features_source says when the scorecard names no key features (see default_key_features).
@@ -71,6 +72,60 @@ class BookInputs:
     book_features: set[str]
     support_connected: bool
     customers: dict[str, Inputs]
+    usage_through: str | None = None  # the book's last day with usage (any account) before as_of's date
+    usage_end: date | None = None  # the usage windows' end (exclusive): see usage_window_end
+
+    @cached_property  # (set once gather_at has read usage_through; asked for every customer)
+    def usage_lag_days(self) -> int:
+        """Whole days just before as_of's date with no usage for anyone in the book (0: current)."""
+        return 0 if self.usage_through is None else lag_days(self.as_of.date(), self.usage_through)
+
+    @property
+    def usage_stale(self) -> bool:
+        """No usage for anyone in the book in the whole window before as_of: the data stopped."""
+        return self.usage_lag_days >= USAGE_WINDOW_DAYS
+
+
+def lag_days(stop: date, through: str) -> int:
+    """Whole days before ``stop`` after the book's last usage day ``through`` (0: the day before)."""
+    return (stop - date.fromisoformat(through)).days - 1
+
+
+def usage_lag_note(tx: Tx, stop: date, what: str) -> str | None:
+    """For a usage report whose window ends at ``stop`` (exclusive): where the book's usage data
+    ends when no account has usage on the days just before it (None: current). ``what``: what
+    such missing days may pass for in the report."""
+    row = tx.fetchone(LAST_DAY_BEFORE, (stop.isoformat(),))
+    if row is None:
+        return None  # no usage at all: the reports say so on their own
+    lag = lag_days(stop, row["day"])
+    if not lag:
+        return None
+    return (f"the book's usage data ends {row['day']}, {counted(lag, 'day')} before {stop.isoformat()}: no "
+            f"account has usage recorded since, so {what} may be missing data rather than customers; is the Mixpanel "
+            "sync or import current? (get_sync_status)")  # fmt: skip
+
+
+def usage_window_end(as_of_day: date, through: str | None) -> date:
+    """Where the usage windows end (exclusive): as_of's date, or, when no account of the book has
+    usage on the days just before it, the day after the book's last usage day (``through``).
+
+    Days on which nobody in the whole book used the product are where the usage data stops (a
+    Mixpanel sync that has not run, a file not imported yet), not 1,000 customers stopping at once:
+    counting them as unused days would mark every customer down together. So the 30-day windows are
+    the 30 days of data up to there, and the reasons say where the data ends. Computed from usage
+    days before as_of's date only, so a score stays a function of the events before it.
+
+    When the data stopped a whole window or more before as_of, the windows stay where they are:
+    usage that old is not scored at all (``BookInputs.usage_stale``)."""
+    if through is None:
+        return as_of_day
+    end = date.fromisoformat(through) + timedelta(days=1)
+    return end if as_of_day - timedelta(days=USAGE_WINDOW_DAYS) < end < as_of_day else as_of_day
+
+
+# Customer-days in a span of days (the usage windows), in table order (see gather_at).
+DAY_ROWS = f"SELECT customer_id, day, events, user_bits, feature_bits FROM {DAYS} WHERE day >= ? AND day < ?"
 
 
 def _in(ids: list[str] | None, column: str = "customer_id") -> tuple[str, list[Any]]:
@@ -128,8 +183,7 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
     # parameters). Rows of customers not registered at an instant are skipped for it below.
     where, params = _in(ids)
     stops = [as_of.date().isoformat() for as_of in instants]
-    d30s = [(as_of.date() - timedelta(days=30)).isoformat() for as_of in instants]
-    d60s = [(as_of.date() - timedelta(days=60)).isoformat() for as_of in instants]
+    d60s = [(as_of.date() - timedelta(days=2 * USAGE_WINDOW_DAYS)).isoformat() for as_of in instants]
     csat_froms = [utc_iso(as_of - timedelta(days=90)) for as_of in instants]
     t_max, stop_max = max(ts), max(stops)
 
@@ -144,15 +198,18 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
     # A message sent is one however many of its events arrive (SendGrid posts processed, then delivered).
     sent_cols, sent_binds = per_instant("COUNT(DISTINCT CASE WHEN occurred_at < ? THEN COALESCE(message_id, email_event_id) "
                                         "END) AS sent_{n}", [(t,) for t in ts])  # fmt: skip
+    # The book's last usage day before each instant's date (any account, matched or not), on the
+    # index on day: where the data stops (see usage_window_end).
+    through_cols, through_binds = per_instant(f"({LAST_DAY_BEFORE}) AS through_{{n}}", [(stop,) for stop in stops])
     statements: dict[str, tuple[str, list[Any]]] = {
         "cards": (SCORECARDS_BEFORE, [t_max]),
+        "usage_through": (f"SELECT {through_cols}", through_binds),
         "contracts": (f"SELECT * FROM {CONTRACTS} WHERE 1 = 1{where} ORDER BY customer_id, position", params),
         "usage_firsts": (f"SELECT customer_id, MIN(day) FROM {DAYS} WHERE day < ?{where} GROUP BY customer_id", [stop_max, *params]),
         "features": (FEATURES_WITH_FIRST_DAY, []),
         # In table order (a scan; ordering by the index would visit the table row by row), then
         # each customer's days sorted by day.
-        "usage_days": (f"SELECT customer_id, day, events, user_bits, feature_bits FROM {DAYS} WHERE day >= ? AND day < ?{where}",
-                       [min(d60s), stop_max, *params]),
+        "usage_days": (f"{DAY_ROWS}{where}", [min(d60s), stop_max, *params]),
         "connected": (f"SELECT {connected_cols}", connected_binds),
         "tickets": (f"SELECT * FROM {TICKET_STATES} WHERE at < ?{where} ORDER BY position", [t_max, *params]),
         "surveys": (f"SELECT customer_id, score, responded_at FROM {SURVEYS} WHERE responded_at < ?{where} "
@@ -175,8 +232,14 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
         return books
 
     features = read["features"].rows
-    _gather_usage(books, read["usage_firsts"].rows, [(feature, bit) for feature, bit, *_ in features], read["usage_days"].rows,
-                  stops, d30s, d60s)  # fmt: skip
+    through = read["usage_through"].rows[0]
+    for n, book in enumerate(books):
+        book.usage_through, book.usage_end = through[n], usage_window_end(book.as_of.date(), through[n])
+    day_rows = read["usage_days"].rows
+    earliest = min(usage_end - timedelta(days=2 * USAGE_WINDOW_DAYS) for book in books if (usage_end := book.usage_end)).isoformat()
+    if earliest < min(d60s):  # windows moved back to where the data stops: the days before those read
+        day_rows = [*tx.rows(f"{DAY_ROWS}{where}", [earliest, min(d60s), *params]), *day_rows]
+    _gather_usage(books, read["usage_firsts"].rows, [(feature, bit) for feature, bit, *_ in features], day_rows, stops)
     first_days = _first_days(features)
     for book, stop in zip(books, stops, strict=True):
         if book.customers:  # (an instant before the first registration keeps the empty defaults)
@@ -215,10 +278,11 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
 
 
 def _gather_usage(books: list[BookInputs], firsts: list[tuple[Any, ...]], bit_rows: list[tuple[Any, ...]],
-                  day_rows: list[tuple[Any, ...]], stops: list[str], d30s: list[str], d60s: list[str]) -> None:  # fmt: skip
-    """The usage inputs at every instant (``stops[n]``: its date; ``d30s``/``d60s``: 30 and 60 days
-    before): each customer's first usage day (``firsts``), and its customer-days (``day_rows``)
-    from the earliest previous window's start to the latest instant, read once for every instant.
+                  day_rows: list[tuple[Any, ...]], stops: list[str]) -> None:  # fmt: skip
+    """The usage inputs at every instant (``stops[n]``: its date; the windows are the 30 and the 60
+    days before ``book.usage_end``): each customer's first usage day (``firsts``), and its
+    customer-days (``day_rows``) from the earliest previous window's start to the latest instant,
+    read once for every instant.
     A window's active days and events are its rows; its distinct users and features, the OR of its
     days' bit sets (:mod:`projections.usage`; ``bit_rows`` name the feature bits): one row per
     customer-day read instead of one per user or feature."""
@@ -234,6 +298,10 @@ def _gather_usage(books: list[BookInputs], firsts: list[tuple[Any, ...]], bit_ro
         _, days, events, user_bits, feature_bits = zip(*rows, strict=True)
         days_of[cid] = (list(days), list(events), list(map(bits_of, user_bits)), list(map(bits_of, feature_bits)))
     feature_sets: dict[int, frozenset[str]] = {}
+    window_ends = [book.usage_end or book.as_of.date() for book in books]
+    ends = [end.isoformat() for end in window_ends]
+    d30s = [(end - timedelta(days=USAGE_WINDOW_DAYS)).isoformat() for end in window_ends]
+    d60s = [(end - timedelta(days=2 * USAGE_WINDOW_DAYS)).isoformat() for end in window_ends]
     for cid, first in firsts:
         window = days_of.get(cid)
         for n, book in enumerate(books):
@@ -244,7 +312,7 @@ def _gather_usage(books: list[BookInputs], firsts: list[tuple[Any, ...]], bit_ro
             if window is None:
                 continue
             days, events, user_bits, feature_bits = window
-            old, start, stop = bisect_left(days, d60s[n]), bisect_left(days, d30s[n]), bisect_left(days, stops[n])
+            old, start, stop = bisect_left(days, d60s[n]), bisect_left(days, d30s[n]), bisect_left(days, ends[n])
             inputs.active_days_30d, inputs.events_30d = stop - start, sum(events[start:stop])
             inputs.last_usage_day = days[stop - 1] if stop else None
             inputs.active_users_30d = reduce(or_, user_bits[start:stop], 0).bit_count()

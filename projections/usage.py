@@ -47,6 +47,8 @@ USERS = "cs_usage_users_v5"  # a view: one row per (customer_id, day, user_hash)
 FEATURES = "cs_feature_usage_v5"  # a view: one row per (customer_id, feature, day) of DAYS.features, with uses
 USER_BITS = "cs_usage_user_bits_v5"  # customer_id -> JSON array of its users: a user's bit is its position
 FEATURE_BITS = "cs_usage_feature_bits_v5"  # feature -> its bit and the first day it was used, book-wide
+# The book's last usage day (any account, matched or not) before a day, in one probe of the index on day.
+LAST_DAY_BEFORE = f"SELECT day FROM {DAYS} WHERE day < ? ORDER BY day DESC LIMIT 1"
 NO_USERS = "[]"
 NO_FEATURES = "{}"
 NO_BITS = b""
@@ -203,6 +205,8 @@ class UsageProjection(Projection):
                 users {json_type} NOT NULL, features {json_type} NOT NULL, user_bits {bits_type} NOT NULL,
                 feature_bits {bits_type} NOT NULL)""",
             f"CREATE INDEX IF NOT EXISTS ix_{DAYS}_customer ON {DAYS} (customer_id, day)",
+            # The book's last usage day before an instant, in one index probe (health_inputs_query).
+            f"CREATE INDEX IF NOT EXISTS ix_{DAYS}_day ON {DAYS} (day)",
             f"CREATE TABLE IF NOT EXISTS {USER_BITS} (customer_id TEXT PRIMARY KEY, users TEXT NOT NULL)",
             f"CREATE TABLE IF NOT EXISTS {FEATURE_BITS} (feature TEXT PRIMARY KEY, bit BIGINT NOT NULL, first_day TEXT NOT NULL)",
         ]

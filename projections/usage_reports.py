@@ -23,6 +23,7 @@ from projections.health_inputs_query import (
     contract_timeline,
     default_key_features,
     scorecard_as_of,
+    usage_lag_note,
 )
 from projections.profile import CUSTOMERS
 from projections.store import Tx
@@ -186,6 +187,9 @@ def engagement(tx: Tx, customer_id: str, as_of: datetime, days: int, granularity
     }  # fmt: skip
     if now["events"] == 0:
         out["note"] = f"no usage in this period; the last usage was on {span['last_day']}"
+    lag = usage_lag_note(tx, stop, "the period's last days without usage")
+    if lag:
+        out["note"] = f"{out['note']}; {lag}" if out.get("note") else lag
     return out
 
 
@@ -426,6 +430,8 @@ def engagement_patterns(tx: Tx, as_of: datetime, days: int, threshold: float, we
     out["declining"].sort(key=lambda e: (e["relative_slope"], e["client_id"]))
     if not u.last_day:
         out["note"] = f"no usage data for any customer before {stop.isoformat()}; are their mixpanel_account_ids set?"
+    else:
+        out["note"] = usage_lag_note(tx, stop, "the drops, dormant accounts and users and declining weeks it makes")
     out["method"] = {
         "windows": f"this window [{start}, {stop}) against the previous one [{previous}, {start}): whole UTC days before as_of's date",
         "drops_and_spikes": f"relative change (this - previous) / previous of distinct active users or of events below "

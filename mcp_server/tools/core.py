@@ -24,7 +24,7 @@ from mcp_server.schemas import (
     UpdateResult,
 )
 from mcp_server.services import Services
-from mcp_server.tools.common import after_write, command_meta, read_ready, services, tool_errors
+from mcp_server.tools.common import after_write, command_meta, joined, read_ready, services, tool_errors
 from mcp_server.tools.signals import signals_as_of
 from projections.health import Health, health_at, trend_of
 from projections.segment_members import allowed_customer_ids, segments_of
@@ -50,7 +50,8 @@ def health_summary(now: Health | None, prior: Health | None, as_of: datetime) ->
                   for c in now.components]  # fmt: skip
     return HealthSummary(score=now.score, computed_score=now.computed_score, band=now.band,  # type: ignore[arg-type]
                          confidence=now.confidence, components=components, drivers=now.drivers,
-                         trend=trend_of(now, prior), override=now.override, as_of=as_of, note=now.note)  # fmt: skip
+                         trend=trend_of(now, prior), override=now.override, as_of=as_of,
+                         note=joined(now.note, now.usage_note))  # fmt: skip
 
 
 def _summary(row: dict[str, Any]) -> ClientSummary:

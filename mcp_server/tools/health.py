@@ -57,7 +57,8 @@ class HealthReport(BaseModel):
     next_cursor: str | None = None
     summary: dict[str, int] | None = Field(None, description="customers per band across the whole selection")
     note: str | None = Field(None, description="set when as_of or compare_to is after now (the answer is not a forecast), "
-                             "or when nobody was registered yet at as_of")  # fmt: skip
+                             "when nobody was registered yet at as_of, or when the book's usage data stops before "
+                             "as_of (nobody has usage on the days just before it)")  # fmt: skip
 
 
 def _out(h: Health, prior: Health | None, names: dict[str, tuple[str, str]], components: bool = True) -> HealthScore:
@@ -76,7 +77,9 @@ def _names_in(tx: Tx, customer_id: str | None = None) -> dict[str, tuple[str, st
         f"SELECT customer_id, external_key, name FROM cs_customers_v1{where}", params)}  # fmt: skip
 
 
-def one_customer(svc: Services, client_id: str, as_of: datetime, compare_to: datetime | None, history: bool) -> HealthScore:
+def one_customer(svc: Services, client_id: str, as_of: datetime, compare_to: datetime | None,
+                 history: bool) -> tuple[HealthScore, str | None]:  # fmt: skip
+    """The customer's health, and the book's usage note as of ``as_of`` (see projections.health.usage_note)."""
     cid = svc.app.candidate_id(client_id)
     instants = [as_of, as_of - timedelta(days=30), *([compare_to] if compare_to is not None else [])]
     with svc.store.snapshot() as tx:  # the name and every instant from one consistent read, in one pass
@@ -92,7 +95,7 @@ def one_customer(svc: Services, client_id: str, as_of: datetime, compare_to: dat
     if history:
         out.history = [{"day": r["day"], "score": r["score"], "band": r["band"], "confidence": r["confidence"]}
                        for r in history_rows(svc.store, cid)] or None  # fmt: skip
-    return out
+    return out, now.usage_note
 
 
 def register(mcp: MCPServer) -> None:
@@ -124,13 +127,15 @@ def register(mcp: MCPServer) -> None:
         with tool_errors():
             read_ready(svc)
             if client_id:
-                one = one_customer(svc, client_id, moment, instant(compare_to) if compare_to else None, include_history)
-                return HealthReport(as_of=moment, customer=one, note=note)
+                one, usage = one_customer(svc, client_id, moment, instant(compare_to) if compare_to else None, include_history)
+                return HealthReport(as_of=moment, customer=one, note=joined(usage, note))
             with svc.store.snapshot() as tx:  # both instants and the names from one consistent read
                 scores, prior = health_at(tx, [moment, moment - timedelta(days=30)])
                 names = _names_in(tx)
         if not scores:  # nobody registered yet at that instant: say so rather than an empty list
             note = joined(f"no customer was registered before {moment.isoformat()}: nothing to score", note)
+        else:  # where the book's usage data stops, if before as_of (the same for every customer)
+            note = joined(next(iter(scores.values())).usage_note, note)
         selected = [h for h in scores.values() if include_churned or not h.note or not h.note.startswith("churned")]
         summary: dict[str, int] = {}
         for h in selected:

@@ -313,6 +313,66 @@ async def test_the_usage_reason_says_when_usage_stopped(settings: Settings) -> N
     assert steady["inputs"]["last_usage_day"] == (today - timedelta(days=1)).isoformat() and "last used" not in steady["reason"]
 
 
+@pytest.mark.anyio
+async def test_where_the_books_usage_data_stops_the_usage_windows_end(settings: Settings) -> None:
+    """Nobody in the book has usage after day D (a Mixpanel sync that stopped): those days are
+    missing data, not every customer going quiet at once. Usage and adoption are scored over the
+    30 days to D, exactly as they were scored the day after D, and the answer says where the data
+    ends; once no one has usage in the 30 days before as_of, they are not scored at all."""
+    today = datetime.now(UTC).date()
+    last = today - timedelta(days=12)  # the book's last usage day: 11 whole days before today without any
+    first = last - timedelta(days=70)
+
+    def growing(day: date) -> int:  # users join over time: the windows' distinct users depend on where they end
+        return 1 + (day - first).days // 7
+
+    with open_services(settings) as svc:
+        load_customers(svc, [account("alpha"), account("beta", seats=20)])
+        load(svc, "mixpanel", "\n".join(daily_usage("alpha", first, last, growing)
+                                         + daily_usage("beta", first, last, lambda d: growing(d) // 2 + 1, FEATURES[:3])))
+    then = midnight(last + timedelta(days=1))  # the day after D: the data was current
+    stale = midnight(last + timedelta(days=31))  # 30 days without any usage before it
+    async with Client(build_server(settings, background=False)) as client:
+        book = await call(client, "calculate_health_score", {})
+        at_then = await call(client, "calculate_health_score", {"as_of": iso(then)})
+        one = (await call(client, "calculate_health_score", {"client_id": "alpha"}))["customer"]
+        gone = await call(client, "calculate_health_score", {"as_of": iso(stale)})
+        overview = await call(client, "get_client_overview", {"client_id": "beta"})
+        reports = [await call(client, "track_usage_engagement", {"client_id": "alpha"}),
+                   await call(client, "analyze_engagement_patterns", {})]  # fmt: skip
+        reports_then = [await call(client, "track_usage_engagement", {"client_id": "alpha", "as_of": iso(then)}),
+                        await call(client, "analyze_engagement_patterns", {"as_of": iso(then)})]  # fmt: skip
+    assert at_then["note"] is None  # current then
+    # The usage reports keep the window asked for, and say its last days have no data for anyone.
+    for report, report_then in zip(reports, reports_then, strict=True):
+        assert report["note"].startswith(f"the book's usage data ends {last.isoformat()}, 11 days before {today.isoformat()}")
+        assert report_then["note"] is None
+    now_items, then_items = ({i["client_id"]: by_name(i) for i in r["items"]} for r in (book, at_then))
+    confidence_then = {i["client_id"]: i["confidence"] for i in at_then["items"]}
+    assert set(now_items) == {"alpha", "beta"}
+    for key in ("alpha", "beta"):
+        for name in ("usage", "adoption"):
+            now_c, then_c = now_items[key][name], then_items[key][name]
+            assert now_c["score"] == then_c["score"] is not None, (key, name)
+            assert {k: v for k, v in now_c["inputs"].items() if k != "usage_data_through"} == then_c["inputs"]
+            assert now_c["inputs"]["usage_data_through"] == last.isoformat()
+            assert f"(the book's usage data ends {last.isoformat()}, 11 days before as_of's date)" in now_c["reason"]
+            assert "usage_data_through" not in then_c["inputs"]
+    usage = by_name(one)["usage"]
+    assert usage["inputs"]["active_users_prev_30d"] > 0 and "vs the previous 30 days" in usage["reason"]
+    assert f"in the 30 days to {last.isoformat()}" in usage["reason"] and "last used" not in usage["reason"]
+    for note in (book["note"], overview["health"]["note"]):
+        assert note.startswith(f"the book's usage data ends {last.isoformat()}, 11 days before {today.isoformat()}")
+        assert "get_sync_status" in note
+    # A whole window without anyone's usage: not scored, said, and the confidence drops.
+    for item in gone["items"]:
+        components = by_name(item)
+        assert components["usage"]["score"] is None and components["adoption"]["score"] is None
+        assert components["usage"]["reason"].startswith("no account of the book has usage recorded in the 30 days")
+        assert item["confidence"] < confidence_then[item["client_id"]]
+    assert "usage and adoption are left out of every score" in gone["note"]
+
+
 # ------------------------------------------------------------- b: the past does not see the future
 @contextmanager
 def fresh_services(settings: Settings, admin_url: Callable[[], str]) -> Iterator[Services]:
@@ -531,16 +591,29 @@ def _usage_op(offset: st.SearchStrategy[int]) -> st.SearchStrategy[tuple[Any, ..
                      st.sampled_from((SESSION, *FEATURES)))  # fmt: skip
 
 
+def _window_end(tx: Any, as_of: datetime) -> tuple[str | None, date]:
+    """The book's last usage day before as_of's date (a plain MAX over every account's days) and
+    where the usage windows end: the day after it when nobody has usage on the days just before
+    as_of's date, unless that leaves the 30 days before as_of without any (then as_of's date)."""
+    stop = as_of.date()
+    through = tx.fetchone(f"SELECT MAX(day) AS day FROM {USAGE_DAYS} WHERE day < ?", (stop.isoformat(),))["day"]
+    if through is None:
+        return None, stop
+    after = date.fromisoformat(through) + timedelta(days=1)
+    return through, after if stop - timedelta(days=30) < after < stop else stop
+
+
 def _usage_from_rows(tx: Any, customer_id: str, as_of: datetime) -> tuple[Any, ...]:
     """A customer's usage inputs as of ``as_of`` counted from the rows the bit sets summarise, the
-    way every other reader counts them: the users view (COUNT DISTINCT), the feature and day rows."""
-    stop = as_of.date()
+    way every other reader counts them: the users view (COUNT DISTINCT), the feature and day rows,
+    over the windows ending where the book's usage data ends (:func:`_window_end`)."""
     first = tx.fetchone(f"SELECT MIN(day) AS day FROM {USAGE_DAYS} WHERE customer_id = ? AND day < ?",
-                        (customer_id, stop.isoformat()))["day"]  # fmt: skip
+                        (customer_id, as_of.date().isoformat()))["day"]  # fmt: skip
     if first is None:
         return None, 0, 0, 0, 0, set()
-    now = usage_window(tx, UUID(customer_id), stop, 30)
-    before = usage_window(tx, UUID(customer_id), stop - timedelta(days=30), 30)
+    _, end = _window_end(tx, as_of)
+    now = usage_window(tx, UUID(customer_id), end, 30)
+    before = usage_window(tx, UUID(customer_id), end - timedelta(days=30), 30)
     return first, now["active_days"], now["events"], now["active_users"], before["active_users"], set(now["features"])
 
 
@@ -570,7 +643,10 @@ def test_usage_inputs_from_bit_sets_equal_the_rows_they_summarise(settings: Sett
                 first_days = tx.rows(f"SELECT feature, MIN(day) FROM {FEATURE_ROWS} GROUP BY feature")
                 for ids in (None, [customer_id_for("bravo")]):
                     for book in gather_at(tx, instants, ids):
-                        if book.customers:  # the book's features (adoption's default key features), by a plain scan
+                        if book.customers:
+                            assert (book.usage_through, book.usage_end) == _window_end(tx, book.as_of)
+                            seen["moved"] += book.usage_end != book.as_of.date()
+                            # the book's features (adoption's default key features), by a plain scan
                             stop = book.as_of.date().isoformat()
                             assert book.book_features == {f for f, first in first_days if first < stop} - SESSION_LIKE
                             seen["features"] += bool(book.book_features)
@@ -582,10 +658,11 @@ def test_usage_inputs_from_bit_sets_equal_the_rows_they_summarise(settings: Sett
                             seen["previous"] += i.active_users_prev_30d > 0
             seen["examples"] += 1
 
-    seen = {"examples": 0, "users": 0, "previous": 0, "features": 0}
+    seen = {"examples": 0, "users": 0, "previous": 0, "features": 0, "moved": 0}
     check()
     assert seen["users"] >= seen["examples"] and seen["previous"] >= seen["examples"] // 2, seen  # not vacuous
     assert seen["features"] >= seen["examples"], seen
+    assert seen["moved"] >= seen["examples"] // 2, seen  # windows that end where the book's usage data ends
 
 
 def _dicts(scores: dict[str, Any]) -> dict[str, Any]:

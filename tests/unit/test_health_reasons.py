@@ -7,11 +7,18 @@ from datetime import UTC, datetime
 
 from projections.backtest import MIN_CHURNS, sample_note
 from projections.base import counted
-from projections.health import (IDLE_SAID_AFTER_DAYS, engagement_component, financial_component, support_component,
-                                usage_component)
-from projections.health_inputs_query import Inputs
+from events.scorecard import ScorecardConfig
+from projections.health import (IDLE_SAID_AFTER_DAYS, adoption_component, engagement_component, financial_component,
+                                support_component, usage_component, usage_note)
+from projections.health_inputs_query import BookInputs, Inputs, usage_window_end
 
 AS_OF = datetime(2026, 12, 1, 12, tzinfo=UTC)
+
+
+def book(through: str | None = "2026-11-30") -> BookInputs:
+    """A book as of AS_OF whose last usage day (any account) is ``through``."""
+    return BookInputs(AS_OF, ScorecardConfig(), None, set(), False, {}, usage_through=through,
+                      usage_end=usage_window_end(AS_OF.date(), through))  # fmt: skip
 
 
 def test_counted_is_singular_for_one_only() -> None:
@@ -48,10 +55,35 @@ def test_an_auc_from_few_churns_says_so() -> None:
 def test_the_usage_reason_names_the_last_day_used_after_a_week() -> None:
     def reason(last: str) -> str:
         i = Inputs("c", {"seats": 10}, first_usage_day="2026-10-01", last_usage_day=last, active_users_30d=3, active_days_30d=5)
-        return usage_component(i, 30, AS_OF).reason
+        return usage_component(i, 30, book()).reason
     assert reason("2026-11-23") == "3 of 10 seats active in the last 30 days (30%); last used 8 days ago (2026-11-23)"
     assert reason("2026-11-24") == "3 of 10 seats active in the last 30 days (30%)"  # 7 days: not said
     assert IDLE_SAID_AFTER_DAYS == 7
+
+
+def test_the_usage_windows_end_where_the_books_usage_data_ends() -> None:
+    # Nobody in the book has usage after `through`: the data stopped (a sync not run), not every customer.
+    day = AS_OF.date()
+    assert [usage_window_end(day, t).isoformat() for t in (None, "2026-11-30", "2026-11-19", "2026-11-01", "2026-10-31")] == [
+        "2026-12-01", "2026-12-01", "2026-11-20", "2026-11-02", "2026-12-01"]  # the last: 30 days without data, stale
+    assert [(book(t).usage_lag_days, book(t).usage_stale) for t in ("2026-11-30", "2026-11-01", "2026-10-31")] == [
+        (0, False), (29, False), (30, True)]  # fmt: skip
+    assert usage_note(book()) is None and usage_note(book(None)) is None
+    i = Inputs("c", {"seats": 10}, first_usage_day="2026-10-01", last_usage_day="2026-11-10", active_users_30d=3,
+               active_days_30d=5, features_30d={"Report"})  # fmt: skip
+    late = book("2026-11-19")
+    usage = usage_component(i, 30, late)
+    assert usage.reason == ("3 of 10 seats active in the 30 days to 2026-11-19 (30%); last used 10 days before that "
+                            "(2026-11-10) (the book's usage data ends 2026-11-19, 11 days before as_of's date)")  # fmt: skip
+    assert usage.score == 50.0 and usage.inputs["usage_data_through"] == "2026-11-19"
+    adoption = adoption_component(i, 15, {"Report", "Export"}, True, late)
+    assert adoption.score == 50.0 and adoption.reason.startswith("1 of 2 key features used in the 30 days to 2026-11-19")
+    assert "11 days before" in (usage_note(late) or "") and "get_sync_status" in (usage_note(late) or "")
+    stale = book("2026-10-31")
+    for component in (usage_component(i, 30, stale), adoption_component(i, 15, {"Report"}, True, stale)):
+        assert component.score is None and component.inputs["usage_data_through"] == "2026-10-31"
+        assert component.reason.startswith("no account of the book has usage recorded in the 30 days before")
+    assert "left out of every score" in (usage_note(stale) or "")
 
 
 def test_a_bounce_after_the_last_touch_is_said_not_scored() -> None:
