@@ -324,6 +324,8 @@ def rebuild(settings: Any, profile: Path | None, raw_events: int, expected: dict
             profiler.disable()
             _dump(profiler, profile)
         after = book_health(svc.store, as_of)
+        if expected is not None:  # a field added to the answer since the data set was kept has nothing to compare with
+            after = {cid: {k: v for k, v in h.items() if k in before.get(cid, h)} for cid, h in after.items()}
         if after != before:
             raise RuntimeError("the health of the book differs after the rebuild")
         figures.update({"rebuild_s": elapsed, "rebuild_stored_events": stored,
