@@ -24,6 +24,8 @@ from projections.health_inputs_query import DEFAULT_KEY_FEATURES, BookInputs, In
 from projections.store import Tx, ViewStore
 
 IDLE_SAID_AFTER_DAYS = 7  # a usage reason names the last day used when it is longer ago than this
+ANSWER_AGE_SAID_AFTER_DAYS = 90  # the sentiment reason says when the latest NPS answer came, past this
+ANSWER_STALE_AFTER_DAYS = 365  # an NPS answer older than this is no reading of today's sentiment: not scored
 TARGET_SEAT_ACTIVATION = 0.6  # active users / seats at which usage level scores 100
 TARGET_ACTIVE_DAYS = 20  # active days in 30 for full usage level when seats are unknown
 OPEN_TICKET_PENALTY = 12
@@ -197,11 +199,18 @@ def sentiment_component(i: Inputs, weight: float, as_of: datetime) -> Component:
     window_start = (as_of - timedelta(days=180)).isoformat()
     recent = [s for at, s in i.surveys if at >= window_start]
     latest_at, latest = i.surveys[-1]
+    kind = "promoter" if latest >= 9 else ("passive" if latest >= 7 else "detractor")
+    age = days_between(as_of.date(), latest_at)
+    if age > ANSWER_STALE_AFTER_DAYS:
+        # A promoter's answer from years ago says nothing of today (the champion may have left).
+        return Component("sentiment", None, weight, {"latest_score": latest, "latest_at": latest_at, "responses_180d": 0},
+                         f"no NPS answer in the last {ANSWER_STALE_AFTER_DAYS} days (the latest, {latest} ({kind}), "
+                         f"{counted(age, 'day')} ago on {latest_at[:10]}, is not scored)")  # fmt: skip
     nps = nps_of(recent)
     inputs = {"latest_score": latest, "latest_at": latest_at, "nps_180d": nps, "responses_180d": len(recent)}
     score = 0.6 * latest * 10 + 0.4 * ((nps + 100) / 2) if nps is not None else latest * 10
-    kind = "promoter" if latest >= 9 else ("passive" if latest >= 7 else "detractor")
-    reason = f"latest NPS answer {latest} ({kind})" + (f", NPS {nps:+.0f} over 180 days" if nps is not None else "")
+    when = f" {counted(age, 'day')} ago ({latest_at[:10]})" if age > ANSWER_AGE_SAID_AFTER_DAYS else ""
+    reason = f"latest NPS answer {latest} ({kind}){when}" + (f", NPS {nps:+.0f} over 180 days" if nps is not None else "")
     return Component("sentiment", _clamp(score), weight, inputs, reason)
 
 

@@ -314,6 +314,29 @@ async def test_the_usage_reason_says_when_usage_stopped(settings: Settings) -> N
 
 
 @pytest.mark.anyio
+async def test_a_year_old_nps_answer_is_said_not_scored(settings: Settings) -> None:
+    """NPS surveys run once or twice a year: the latest answer of a customer asked 100 days ago is
+    still its sentiment (the reason says when it came); one asked more than a year ago is not a
+    reading of today (the champion who answered may have left), so sentiment has no data."""
+    today = datetime.now(UTC).date()
+    with open_services(settings) as svc:
+        load_customers(svc, [account("lapsed-survey"), account("asked-lately")])
+        load(svc, "nps", nps_csv([("s1", "lapsed-survey", 10, at(today - timedelta(days=400))),
+                                  ("s2", "asked-lately", 10, at(today - timedelta(days=100)))]))  # fmt: skip
+    async with Client(build_server(settings, background=False)) as client:
+        old, fresh = [(await call(client, "calculate_health_score", {"client_id": key}))["customer"]
+                      for key in ("lapsed-survey", "asked-lately")]  # fmt: skip
+    stale, counted_ = by_name(old)["sentiment"], by_name(fresh)["sentiment"]
+    assert stale["has_data"] is False and stale["score"] is None
+    assert stale["reason"] == (f"no NPS answer in the last 365 days (the latest, 10 (promoter), 400 days ago on "
+                               f"{(today - timedelta(days=400)).isoformat()}, is not scored)")  # fmt: skip
+    assert counted_["score"] == 100.0
+    assert counted_["reason"] == (f"latest NPS answer 10 (promoter) 100 days ago ({(today - timedelta(days=100)).isoformat()}), "
+                                  "NPS +100 over 180 days")  # fmt: skip
+    assert old["confidence"] < fresh["confidence"]
+
+
+@pytest.mark.anyio
 async def test_where_the_books_usage_data_stops_the_usage_windows_end(settings: Settings) -> None:
     """Nobody in the book has usage after day D (a Mixpanel sync that stopped): those days are
     missing data, not every customer going quiet at once. Usage and adoption are scored over the

@@ -199,6 +199,9 @@ async def test_history_reads_stored_daily_bands_when_present(settings: Settings)
 async def test_override_precedence_expiry_and_bad_input(settings: Settings) -> None:
     load_book(settings)
     now = datetime.now(UTC)
+    with open_services(settings) as svc:  # the book's detractor answer is from 2025: too old to score now
+        recent = (now - timedelta(days=5)).isoformat().replace("+00:00", "Z")
+        load(svc, "nps", f"response_id,customer,email,score,comment,responded_at\nr2,sour,ops@sour.example,1,still down,{recent}\n")
     expires = (now + timedelta(days=10)).replace(microsecond=0)
     async with Client(build_server(settings, background=False)) as client:
         before = await stage_of(client, "sour", now.isoformat())

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from projections.backtest import MIN_CHURNS, sample_note
 from projections.base import counted
 from events.scorecard import ScorecardConfig
-from projections.health import (IDLE_SAID_AFTER_DAYS, adoption_component, engagement_component, financial_component,
-                                support_component, usage_component, usage_note)
+from projections.health import (ANSWER_STALE_AFTER_DAYS, IDLE_SAID_AFTER_DAYS, adoption_component, engagement_component,
+                                financial_component, sentiment_component, support_component, usage_component, usage_note)
 from projections.health_inputs_query import BookInputs, Inputs, usage_window_end
 
 AS_OF = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -102,3 +102,17 @@ def test_a_bounce_after_the_last_touch_is_said_not_scored() -> None:
     silent = engagement({"delivered": (2, "2026-11-20"), "bounce": (1, "2026-11-29T08:00:00Z")})
     assert silent[:2] == (0.0, "no open, click or reply on record (2 e-mails sent); an e-mail bounced on 2026-11-29 "
                                "(is the contact still there?)")  # fmt: skip
+
+
+def test_an_old_nps_answer_says_its_age_and_a_year_old_one_is_not_scored() -> None:
+    def sentiment(*answers: tuple[str, int]) -> tuple[float | None, str]:
+        c = sentiment_component(Inputs("c", {}, surveys=list(answers)), 15, AS_OF)
+        return c.score, c.reason
+    assert sentiment(("2026-11-01T10:00:00Z", 9)) == (94.0, "latest NPS answer 9 (promoter), NPS +100 over 180 days")
+    assert sentiment(("2026-08-01T10:00:00Z", 9)) == (94.0, "latest NPS answer 9 (promoter) 122 days ago (2026-08-01), "
+                                                             "NPS +100 over 180 days")  # fmt: skip
+    assert sentiment(("2025-12-01T10:00:00Z", 10)) == (100.0, "latest NPS answer 10 (promoter) 365 days ago (2025-12-01)")
+    assert ANSWER_STALE_AFTER_DAYS == 365
+    # A promoter two years ago says nothing of today: left out (its weight goes to the others).
+    assert sentiment(("2024-11-20T10:00:00Z", 3), ("2025-11-30T10:00:00Z", 10)) == (
+        None, "no NPS answer in the last 365 days (the latest, 10 (promoter), 366 days ago on 2025-11-30, is not scored)")
