@@ -25,6 +25,7 @@ from projections.store import Tx, ViewStore
 
 IDLE_SAID_AFTER_DAYS = 7  # a usage reason names the last day used when it is longer ago than this
 ANSWER_AGE_SAID_AFTER_DAYS = 90  # the sentiment reason says when the latest NPS answer came, past this
+THIN_CONFIDENCE = 0.5  # below this share of the weight with data, the score's note says what it rests on
 ANSWER_STALE_AFTER_DAYS = 365  # an NPS answer older than this is no reading of today's sentiment: not scored
 TARGET_SEAT_ACTIVATION = 0.6  # active users / seats at which usage level scores 100
 TARGET_ACTIVE_DAYS = 20  # active days in 30 for full usage level when seats are unknown
@@ -301,13 +302,17 @@ def score_customer(i: Inputs, book: BookInputs) -> Health:
         score = o["score"] if o["score"] is not None else computed
         top = [f"override by {o['author']} until {o['expires_at'][:10]}: {o['reason']}", *top][:4]
     note = None
+    confidence = round(present_weight / total, 3) if total else 0.0
     if computed is None:
         note = "no component has data yet: the score stays null rather than a made-up number"
+    elif confidence < THIN_CONFIDENCE:  # e.g. a new account known by its contract alone: "100, green"
+        note = (f"the score rests on {' and '.join(c.name for c in present)} alone ({confidence:.0%} of the scorecard's "
+                "weight has data): read it with its confidence")  # fmt: skip
     if i.contract.get("churned_on") and i.contract["churned_on"] <= book.as_of.date().isoformat():
         note = f"churned on {i.contract['churned_on']}"
     return Health(
         customer_id=i.customer_id, as_of=book.as_of.isoformat(), score=score, computed_score=computed, band=band,
-        confidence=round(present_weight / total, 3) if total else 0.0, components=components, drivers=top,
+        confidence=confidence, components=components, drivers=top,
         override=override, scorecard={"weights": weights, "bands": card.bands, "since": book.scorecard_at}, note=note,
         usage_note=usage_note(book),
     )  # fmt: skip

@@ -122,6 +122,9 @@ def derive(at: datetime, contract: Mapping[str, Any], band: str | None, *, expan
             return "renewal", f"renewal_date {renewal[:10]} passed {counted(-days, 'day')} ago with no renewal or churn recorded"
     anchor, what = anchor_of(contract)
     if at < anchor + timedelta(days=ONBOARDING_DAYS) and (onboarding_done is None or today < onboarding_done):
+        if at < anchor:  # signed, not started yet: onboarding is ahead of it
+            ahead = (anchor.date() - today).days
+            return "onboarding", f"{what} is {'tomorrow' if ahead == 1 else f'in {ahead} days'}; onboarding runs until {ONBOARDING_DAYS} days after it"
         return "onboarding", f"within {ONBOARDING_DAYS} days of {what}"
     if expansion:
         return "expansion", f"open expansion opportunity: {expansion}"

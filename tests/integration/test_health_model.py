@@ -248,6 +248,9 @@ async def test_no_data_is_said_and_never_scored(settings: Settings) -> None:
     assert present == ["sentiment"], partial["components"]
     assert partial["score"] == by_name(partial)["sentiment"]["score"]
     assert partial["confidence"] == pytest.approx(15 / 100) and partial["confidence"] < busy["confidence"]
+    # ... and the score says what it rests on: a green 90 from one answer is not a healthy account.
+    assert partial["note"] == ("the score rests on sentiment alone (15% of the scorecard's weight has data): read it with "
+                               "its confidence") and busy["note"] is None  # fmt: skip
     for name in ("usage", "adoption", "support", "engagement", "financial"):
         assert by_name(partial)[name]["score"] is None and by_name(partial)[name]["reason"]
 

@@ -29,6 +29,11 @@ def override(stage: str, at: str, expires: str, author: str = "mcp:claude", reas
     ("at", "kwargs", "band", "stage", "because"),
     [
         ("2025-02-01T12:00:00", {}, "green", "onboarding", "within 90 days of contract_start 2025-01-01"),
+        # Signed before the contract starts: onboarding, and the reason says the start is ahead.
+        ("2024-11-17T09:00:00", {"registered": "2024-11-10T00:00:00"}, None, "onboarding",
+         "contract_start 2025-01-01 is in 45 days; onboarding runs until 90 days after it"),
+        ("2024-12-31T23:00:00", {"registered": "2024-11-10T00:00:00"}, None, "onboarding",
+         "contract_start 2025-01-01 is tomorrow; onboarding runs until 90 days after it"),
         ("2025-03-31T23:59:59", {}, None, "onboarding", "within 90 days of contract_start 2025-01-01"),
         ("2025-04-01T00:00:00", {}, None, "adoption", "first year since contract_start 2025-01-01"),
         ("2025-12-31T23:59:59", {}, "yellow", "adoption", "first year since contract_start 2025-01-01"),
