@@ -9,7 +9,8 @@ from projections.backtest import MIN_CHURNS, sample_note
 from projections.base import counted
 from events.scorecard import ScorecardConfig
 from projections.health import (ANSWER_STALE_AFTER_DAYS, IDLE_SAID_AFTER_DAYS, adoption_component, engagement_component,
-                                financial_component, sentiment_component, support_component, usage_component, usage_note)
+                                financial_component, score_customer, sentiment_component, support_component,
+                                usage_component, usage_note)
 from projections.health_inputs_query import BookInputs, Inputs, usage_window_end
 
 AS_OF = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -116,3 +117,19 @@ def test_an_old_nps_answer_says_its_age_and_a_year_old_one_is_not_scored() -> No
     # A promoter two years ago says nothing of today: left out (its weight goes to the others).
     assert sentiment(("2024-11-20T10:00:00Z", 3), ("2025-11-30T10:00:00Z", 10)) == (
         None, "no NPS answer in the last 365 days (the latest, 10 (promoter), 366 days ago on 2025-11-30, is not scored)")
+
+
+def test_the_note_says_what_a_score_rests_on() -> None:
+    contract_only = Inputs("c", {"arr": 24000.0, "renewal_date": "2028-01-15"})
+    health = score_customer(contract_only, book(None))
+    assert (health.score, health.band, health.confidence) == (100.0, "green", 0.1)
+    assert health.note == ("the score rests on financial alone (10% of the scorecard's weight has data): read it with its "
+                           "confidence")  # fmt: skip
+    # A scorecard that weighs the only component with data 0: null, and the note says why.
+    usage_only = BookInputs(AS_OF, ScorecardConfig(weights={"usage": 100, "adoption": 0, "support": 0, "sentiment": 0,
+                                                            "engagement": 0, "financial": 0}), None, set(), False, {})  # fmt: skip
+    health = score_customer(contract_only, usage_only)
+    assert health.score is None and health.band == "unknown"
+    assert health.note == "only financial has data, and the scorecard weighs it 0: the score stays null rather than a made-up number"
+    assert score_customer(Inputs("c", {}), book(None)).note == ("no component has data yet: the score stays null rather "
+                                                                "than a made-up number")  # fmt: skip
