@@ -23,7 +23,8 @@ Feature = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, 
 
 class ScorecardConfig(BaseModel):
     """A whole scorecard. Weights need not sum to 100: they are normalised over the components
-    that have data. ``key_features`` empty = every feature seen in the book counts."""
+    that have data. ``key_features`` empty = the book's features used lately count
+    (projections.health_inputs_query.book_key_features)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -23,13 +23,16 @@ from projections.base import counted, utc_iso
 from projections.feedback import EMAILS, SURVEYS
 from projections.health_inputs import CONTRACTS, OVERRIDES, SCORECARDS, TICKET_STATES
 from projections.store import Tx
-from projections.usage import DAYS, FEATURE_BITS, LAST_DAY_BEFORE, bits_of
+from projections.usage import BOOK_DAYS, DAYS, FEATURE_BITS, LAST_DAY_BEFORE, bits_of
 
 USAGE_WINDOW_DAYS = 30  # the usage and adoption windows (and the previous window of the usage trend)
 SESSION_LIKE = SESSION_EVENTS  # counted as sessions on import, never as features
 OWN_EVENT_PREFIX = "$"  # Mixpanel's own (automatic, reserved) event names start with it
 # What key_features_source says when the scorecard names no key features (see default_key_features).
-DEFAULT_KEY_FEATURES = "every feature seen in the book except Mixpanel's own $ events"
+DEFAULT_KEY_FEATURES = "every feature the book used in the 90 days before as_of except Mixpanel's own $ events"
+# A feature nobody in the book used for this long is retired or renamed (the product changed):
+# it is no default key feature, or every customer would be marked down for not using it.
+KEY_FEATURE_LOOKBACK_DAYS = 90
 
 
 def default_key_features(features: Iterable[str]) -> set[str]:
@@ -204,6 +207,9 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
     statements: dict[str, tuple[str, list[Any]]] = {
         "cards": (SCORECARDS_BEFORE, [t_max]),
         "usage_through": (f"SELECT {through_cols}", through_binds),
+        # The book's days as far back as a key-feature lookback from a window moved back goes.
+        "book_days": (BOOK_DAY_ROWS, [(min(instants).date() - timedelta(days=USAGE_WINDOW_DAYS + KEY_FEATURE_LOOKBACK_DAYS)).isoformat(),
+                                          stop_max]),
         "contracts": (f"SELECT * FROM {CONTRACTS} WHERE 1 = 1{where} ORDER BY customer_id, position", params),
         "usage_firsts": (f"SELECT customer_id, MIN(day) FROM {DAYS} WHERE day < ?{where} GROUP BY customer_id", [stop_max, *params]),
         "features": (FEATURES_WITH_FIRST_DAY, []),
@@ -240,10 +246,11 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
     if earliest < min(d60s):  # windows moved back to where the data stops: the days before those read
         day_rows = [*tx.rows(f"{DAY_ROWS}{where}", [earliest, min(d60s), *params]), *day_rows]
     _gather_usage(books, read["usage_firsts"].rows, [(feature, bit) for feature, bit, *_ in features], day_rows, stops)
-    first_days = _first_days(features)
-    for book, stop in zip(books, stops, strict=True):
-        if book.customers:  # (an instant before the first registration keeps the empty defaults)
-            book.book_features = default_key_features(feature for feature, first in first_days.items() if first < stop)
+    names = {int(bit): feature for feature, bit, *_ in features}
+    book_days = read["book_days"].rows
+    for book in books:
+        if book.customers and book.usage_end:  # (an instant before the first registration keeps the empty defaults)
+            book.book_features = default_key_features(used_lately(book_days, names, book.usage_end))
 
     connected = (read["connected"].dicts() or [{}])[0]
     tickets, surveys, emails, sent, overrides = (read[k].dicts() for k in ("tickets", "surveys", "emails", "sent", "overrides"))
@@ -374,6 +381,30 @@ def contract_timeline(log_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # Every feature seen in the book (each is numbered in FEATURE_BITS when its first use is folded,
 # :mod:`projections.usage`) with its bit and the first day it was used (kept beside the bit).
 FEATURES_WITH_FIRST_DAY = f"SELECT feature, bit, first_day FROM {FEATURE_BITS}"
+
+
+# The book's days in a span (``day >= ? AND day < ?``) with the features used on them.
+BOOK_DAY_ROWS = f"SELECT day, feature_bits FROM {BOOK_DAYS} WHERE day >= ? AND day < ?"
+
+
+def used_lately(book_days: Iterable[tuple[str, Any]], names: dict[int, str], end: date) -> set[str]:
+    """The features the book used in the :data:`KEY_FEATURE_LOOKBACK_DAYS` days before ``end``
+    (``book_days``: rows of :data:`BOOK_DAY_ROWS` covering them; ``names``: feature bit -> name)."""
+    start, stop = (end - timedelta(days=KEY_FEATURE_LOOKBACK_DAYS)).isoformat(), end.isoformat()
+    used = reduce(or_, (bits_of(bits) for day, bits in book_days if start <= day < stop), 0)
+    return {names[bit] for bit in range(used.bit_length()) if used >> bit & 1}
+
+
+def book_key_features(tx: Tx, as_of: datetime) -> set[str]:
+    """The default key features as of ``as_of``, as the health model's adoption has them
+    (:func:`default_key_features` of the features the book used lately, :func:`used_lately`,
+    before the end of the usage windows, :func:`usage_window_end`)."""
+    stop = as_of.date()
+    row = tx.fetchone(LAST_DAY_BEFORE, (stop.isoformat(),))
+    end = usage_window_end(stop, row["day"] if row else None)
+    rows = tx.rows(BOOK_DAY_ROWS, ((end - timedelta(days=KEY_FEATURE_LOOKBACK_DAYS)).isoformat(), end.isoformat()))
+    names = {int(bit): feature for feature, bit, _ in tx.rows(FEATURES_WITH_FIRST_DAY)}
+    return default_key_features(used_lately(rows, names, end))
 
 
 def book_feature_first_days(tx: Tx) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Adoption milestones: the definitions view (``cs_milestones_v1``) and the reached dates,
-computed on read from the usage views (``cs_usage_days_v5``, ``cs_usage_users_v5``,
-``cs_feature_usage_v5``), so a usage backfill moves a reached date where it belongs.
+computed on read from the usage views (``cs_usage_days_v6``, ``cs_usage_users_v6``,
+``cs_feature_usage_v6``), so a usage backfill moves a reached date where it belongs.
 
 A milestone is reached on the first UTC day D on which its condition held:
 - a 30-day metric: the window D-29..D (inclusive, as the health model's window at the end of

@@ -40,15 +40,18 @@ from projections.base import Projection, uuid_text
 from projections.store import Tx, ViewStore
 
 # _v3: users became jsonb on PostgreSQL; _v4: user and feature bit sets per day; _v5: a day's
-# feature uses stored with the day, first days beside the feature bits (an existing deployment
-# folds the new tables from the log).
-DAYS = "cs_usage_days_v5"
-USERS = "cs_usage_users_v5"  # a view: one row per (customer_id, day, user_hash) of DAYS.users
-FEATURES = "cs_feature_usage_v5"  # a view: one row per (customer_id, feature, day) of DAYS.features, with uses
-USER_BITS = "cs_usage_user_bits_v5"  # customer_id -> JSON array of its users: a user's bit is its position
-FEATURE_BITS = "cs_usage_feature_bits_v5"  # feature -> its bit and the first day it was used, book-wide
-# The book's last usage day (any account, matched or not) before a day, in one probe of the index on day.
-LAST_DAY_BEFORE = f"SELECT day FROM {DAYS} WHERE day < ? ORDER BY day DESC LIMIT 1"
+# feature uses stored with the day, first days beside the feature bits; _v6: the book's days
+# (an existing deployment folds the new tables from the log).
+DAYS = "cs_usage_days_v6"
+USERS = "cs_usage_users_v6"  # a view: one row per (customer_id, day, user_hash) of DAYS.users
+FEATURES = "cs_feature_usage_v6"  # a view: one row per (customer_id, feature, day) of DAYS.features, with uses
+USER_BITS = "cs_usage_user_bits_v6"  # customer_id -> JSON array of its users: a user's bit is its position
+FEATURE_BITS = "cs_usage_feature_bits_v6"  # feature -> its bit and the first day it was used, book-wide
+# day -> the features the whole book used that day (the OR of its customers' feature bits): a row
+# for every day any account (matched or not) has usage.
+BOOK_DAYS = "cs_usage_book_days_v6"
+# The book's last usage day (any account) before a day, in one probe of BOOK_DAYS's key.
+LAST_DAY_BEFORE = f"SELECT day FROM {BOOK_DAYS} WHERE day < ? ORDER BY day DESC LIMIT 1"
 NO_USERS = "[]"
 NO_FEATURES = "{}"
 NO_BITS = b""
@@ -188,11 +191,42 @@ class BitNumbers:
         self.earlier = set()
 
 
+class BookDays:
+    """The book's days (:data:`BOOK_DAYS`) inside one write transaction: the rows of the days a
+    batch touches read once per pass of the runner (``tx.carry``, as :class:`BitNumbers`), and
+    written back where a day is new or its features grew."""
+
+    CARRY = "usage.book_days"
+
+    def __init__(self, tx: Tx, days: Sequence[str]) -> None:
+        kept = tx.carry.get(self.CARRY) if tx.carry is not None else None
+        if kept is None:
+            kept = {}
+            if tx.carry is not None:
+                tx.carry[self.CARRY] = kept
+        self.known: dict[str, int] = kept
+        unread = sorted(set(days) - kept.keys())
+        for row in tx.fetchall_in(f"SELECT day, feature_bits FROM {BOOK_DAYS} WHERE day", unread):
+            kept[row["day"]] = bits_of(row["feature_bits"])
+
+    def write(self, tx: Tx, used: dict[str, int]) -> None:
+        """Add ``used`` (day -> feature bits used on it by some customer; 0: usage, no feature)."""
+        rows = []
+        for day in sorted(used):
+            old = self.known.get(day)
+            new = used[day] if old is None else old | used[day]
+            if new != old:
+                self.known[day] = new
+                rows.append((day, bits_bytes(new)))
+        tx.insert_many(BOOK_DAYS, ("day", "feature_bits"), rows,
+                       "ON CONFLICT (day) DO UPDATE SET feature_bits = excluded.feature_bits")  # fmt: skip
+
+
 class UsageProjection(Projection):
     """Rows are keyed by the account key: the customer id, or ``unmatched:<account>``."""
 
-    name = "usage_v5"
-    tables = (DAYS, USER_BITS, FEATURE_BITS)
+    name = "usage_v6"
+    tables = (DAYS, USER_BITS, FEATURE_BITS, BOOK_DAYS)
     handles = (UsageDay.Event,)
 
     def schema(self) -> list[str]:
@@ -205,10 +239,9 @@ class UsageProjection(Projection):
                 users {json_type} NOT NULL, features {json_type} NOT NULL, user_bits {bits_type} NOT NULL,
                 feature_bits {bits_type} NOT NULL)""",
             f"CREATE INDEX IF NOT EXISTS ix_{DAYS}_customer ON {DAYS} (customer_id, day)",
-            # The book's last usage day before an instant, in one index probe (health_inputs_query).
-            f"CREATE INDEX IF NOT EXISTS ix_{DAYS}_day ON {DAYS} (day)",
             f"CREATE TABLE IF NOT EXISTS {USER_BITS} (customer_id TEXT PRIMARY KEY, users TEXT NOT NULL)",
             f"CREATE TABLE IF NOT EXISTS {FEATURE_BITS} (feature TEXT PRIMARY KEY, bit BIGINT NOT NULL, first_day TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {BOOK_DAYS} (day TEXT PRIMARY KEY, feature_bits {bits_type} NOT NULL)",
         ]
 
     def schema_for(self, backend: str) -> list[str]:
@@ -226,6 +259,7 @@ class UsageProjection(Projection):
         if isinstance(event, UsageDay.Opened):
             tx.insert(DAYS, DAY_COLUMNS, (uid, event.customer_id, event.account, event.day, 0, 0, 0, NO_USERS,
                                           NO_FEATURES, NO_BITS, NO_BITS))  # fmt: skip
+            BookDays(tx, [event.day]).write(tx, {event.day: 0})
         elif isinstance(event, UsageDay.Counted):
             # A few statements per event whatever its size (one row read back by the update):
             # on PostgreSQL each statement is a round trip.
@@ -241,6 +275,7 @@ class UsageProjection(Projection):
                 user_bits = bits_of(row["user_bits"]) | numbers.user_bits(cid, event.users)
                 feature_bits = bits_of(row["feature_bits"]) | numbers.feature_bits(list(event.features), day)
                 numbers.write(tx)
+                BookDays(tx, [day]).write(tx, {day: feature_bits})
                 features = stored_features(row["features"])
                 add_uses(features, event.features)
                 tx.execute(f"UPDATE {DAYS} SET users = ?, features = ?, user_bits = ?, feature_bits = ? WHERE usage_id = ?",
@@ -264,6 +299,8 @@ class UsageProjection(Projection):
                 counted.append((uid, event, uid in in_batch))
         if not counted:
             tx.insert_many(DAYS, DAY_COLUMNS, [(*o, 0, 0, 0, NO_USERS, NO_FEATURES, NO_BITS, NO_BITS) for o in opened])
+            days = sorted({o[3] for o in opened})
+            BookDays(tx, days).write(tx, dict.fromkeys(days, 0))
             return
         before: dict[str, dict[str, Any]] = {}  # days opened before this batch, as stored
         earlier = sorted({uid for uid, _, here in counted if not here})
@@ -293,6 +330,11 @@ class UsageProjection(Projection):
             day_bits[0] |= numbers.user_bits(cid, event.users)
             day_bits[1] |= numbers.feature_bits(list(event.features), day)
         numbers.write(tx)
+        book = {o[3]: 0 for o in opened}  # the book's days this batch touched, with the features used on them
+        for uid, (_, feature_bits) in bits.items():
+            day = in_batch[uid][1] if uid in in_batch else before[uid]["day"]
+            book[day] = book.get(day, 0) | feature_bits
+        BookDays(tx, list(book)).write(tx, book)
 
         def stored(uid: str) -> tuple[str, str, bytes, bytes]:
             """The users, feature uses and bit sets of a day counted in this batch, as written."""

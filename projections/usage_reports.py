@@ -20,8 +20,8 @@ from projections.health_inputs import CONTRACTS
 from projections.health_inputs_query import (
     DEFAULT_KEY_FEATURES,
     book_feature_first_days,
+    book_key_features,
     contract_timeline,
-    default_key_features,
     scorecard_as_of,
     usage_lag_note,
 )
@@ -195,12 +195,12 @@ def engagement(tx: Tx, customer_id: str, as_of: datetime, days: int, granularity
 
 # ---------------------------------------------------------------------------- adoption
 def key_features(tx: Tx, as_of: datetime) -> tuple[list[str], str, str | None]:
-    """The key features in force at as_of: the scorecard's, else every feature seen in the book but
-    session events and Mixpanel's own ($) events (:func:`default_key_features`)."""
+    """The key features in force at as_of: the scorecard's, else every feature the book used in the
+    90 days before it but session events and Mixpanel's own ($) events (:func:`book_key_features`)."""
     card, card_at = scorecard_as_of(tx, as_of)
     if card.key_features:
         return sorted(set(card.key_features)), "scorecard", card_at
-    return sorted(default_key_features(features_before(tx, as_of.date()))), DEFAULT_KEY_FEATURES, card_at
+    return sorted(book_key_features(tx, as_of)), DEFAULT_KEY_FEATURES, card_at
 
 
 def features_before(tx: Tx, day: date) -> list[str]:

@@ -155,7 +155,7 @@ def register(mcp: MCPServer) -> None:
         ctx: Context,
         weights: Annotated[dict[str, float] | None, Field(description="component -> weight (>= 0); components: usage, adoption, support, sentiment, engagement, financial")] = None,
         bands: Annotated[dict[str, float] | None, Field(description='lower bounds, e.g. {"green": 70, "yellow": 40}')] = None,
-        key_features: Annotated[list[str] | None, Field(max_length=100, description="features adoption counts; [] = every feature seen except Mixpanel's own $ events")] = None,
+        key_features: Annotated[list[str] | None, Field(max_length=100, description="features adoption counts; [] = every feature the book used in the last 90 days except Mixpanel's own $ events")] = None,
     ) -> dict[str, Any]:
         """Change the health model's weights, band thresholds or key features. Recorded as an
         event with the previous version, so every past score stays explainable with the model

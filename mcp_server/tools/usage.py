@@ -11,6 +11,7 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from mcp_server.tools.common import future_note, instant, joined, read_ready, services, tool_errors
+from projections.health_inputs_query import DEFAULT_KEY_FEATURES
 from projections.usage_reports import (
     engagement,
     engagement_patterns,
@@ -143,7 +144,7 @@ class FeatureAdoption(BaseModel):
     as_of: datetime
     window: Window
     key_features: list[str]
-    key_features_source: Literal["scorecard", "every feature seen in the book except Mixpanel's own $ events"]
+    key_features_source: Literal["scorecard", DEFAULT_KEY_FEATURES]  # type: ignore[valid-type]
     scorecard_at: str | None = Field(description="when the scorecard in force was configured; null = the default")
     customer: CustomerAdoption | None = Field(None, description="the one customer asked for (client_id given)")
     features: list[FeatureSummary] = Field(default_factory=list, description="per feature across the book (no client_id)")
@@ -254,8 +255,9 @@ def register(mcp: MCPServer) -> None:
         it in the window, their share of active customers, first-use dates and cumulative adoption
         per month. With client_id: breadth (key features used / key features), first use of each
         feature and the key features it has not adopted. Key features are the scorecard's, else
-        every feature seen in the book except Mixpanel's own events (names starting with $, such
-        as automatic page views: activity, listed here with key false, but not a feature to adopt);
+        every feature some customer used in the 90 days before as_of (one nobody used for that long
+        is retired or renamed) except Mixpanel's own events (names starting with $, such as
+        automatic page views: activity, listed here with key false, but not a feature to adopt);
         key_features_source says which."""
         svc = services(ctx)
         with tool_errors():

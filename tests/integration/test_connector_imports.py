@@ -106,7 +106,7 @@ CASES = [
     Case("intercom", _intercom_file(), 3, 1, 0, [{"where": "conversation 4", "field": "conversation.id", "reason": MISSING}],
          "SELECT vendor_id AS k, customer_id FROM cs_tickets_v1", {("9001", ACME), ("9002", GLOBEX), ("9003", None)}),
     Case("mixpanel", _mixpanel_file(), 5, 1, 1, [{"where": "line 4", "field": "properties.distinct_id", "reason": "missing"}],
-         "SELECT day || ':' || account || ':' || events AS k, customer_id FROM cs_usage_days_v5",
+         "SELECT day || ':' || account || ':' || events AS k, customer_id FROM cs_usage_days_v6",
          {("2026-02-02::3", ACME), ("2026-02-02:acct-ghost:1", None), ("2026-02-03::1", GLOBEX)}),
     Case("sendgrid", _sendgrid_file(), 3, 1, 0, [{"where": "event 4", "field": "event.sg_event_id", "reason": MISSING}],
          "SELECT kind AS k, customer_id FROM cs_email_events_v1", {("delivered", ACME), ("click", ACME), ("bounce", None)}),

@@ -211,7 +211,7 @@ def _ticket_rows(svc: Services, vendor: str) -> set[tuple[Any, ...]]:
 
 def _usage_rows(svc: Services) -> set[tuple[Any, ...]]:
     with svc.store.snapshot() as tx:
-        found = tx.fetchall("SELECT customer_id, account, day, events, sessions, active_users FROM cs_usage_days_v5")
+        found = tx.fetchall("SELECT customer_id, account, day, events, sessions, active_users FROM cs_usage_days_v6")
     return {(r["customer_id"], r["account"], r["day"], int(r["events"]), int(r["sessions"]), int(r["active_users"]))
             for r in found}  # fmt: skip
 

@@ -317,6 +317,34 @@ async def test_the_usage_reason_says_when_usage_stopped(settings: Settings) -> N
 
 
 @pytest.mark.anyio
+async def test_a_renamed_event_is_no_key_feature_once_nobody_used_it_for_90_days(settings: Settings) -> None:
+    """The product's tracking plan renamed "Created Report" to "Report Created" 100 days ago:
+    nobody produces the old name any more, so it is no default key feature and nobody loses
+    adoption for it; a feature some customer used within 90 days still is one."""
+    today = datetime.now(UTC).date()
+    renamed = today - timedelta(days=100)
+
+    def plan(day: date) -> list[str]:
+        return ["Created Report" if day < renamed else "Report Created", "Exported CSV"]
+
+    with open_services(settings) as svc:
+        load_customers(svc, [account("early"), account("later")])
+        load(svc, "mixpanel", "\n".join(daily_usage("early", today - timedelta(days=200), today - timedelta(days=1), 3, plan)
+                                         + daily_usage("later", today - timedelta(days=60), today - timedelta(days=1), 3, plan)))
+    async with Client(build_server(settings, background=False)) as client:
+        adoption = by_name((await call(client, "calculate_health_score", {"client_id": "early"}))["customer"])["adoption"]
+        report = await call(client, "track_feature_adoption", {"client_id": "early"})
+        before = by_name((await call(client, "calculate_health_score",
+                                     {"client_id": "early", "as_of": iso(midnight(renamed + timedelta(days=30)))}))["customer"])["adoption"]
+    assert adoption["inputs"]["key_features"] == ["Exported CSV", "Report Created"]
+    assert adoption["score"] == 100.0 and adoption["inputs"]["not_used_30d"] == []
+    assert report["key_features"] == ["Exported CSV", "Report Created"] and report["customer"]["not_adopted"] == []
+    # 30 days after the rename both names were in use within 90 days: both key, the old one not used lately.
+    assert before["inputs"]["key_features"] == ["Created Report", "Exported CSV", "Report Created"]
+    assert before["inputs"]["not_used_30d"] == ["Created Report"]
+
+
+@pytest.mark.anyio
 async def test_a_year_old_nps_answer_is_said_not_scored(settings: Settings) -> None:
     """NPS surveys run once or twice a year: the latest answer of a customer asked 100 days ago is
     still its sentiment (the reason says when it came); one asked more than a year ago is not a
@@ -650,8 +678,8 @@ def test_usage_inputs_from_bit_sets_equal_the_rows_they_summarise(settings: Sett
     rows, the day rows), for every customer at several instants read in one pass, for the whole
     book and for one customer, with usage arriving in later imports for days already counted
     (new users and features on them) and for a customer registered after its first usage; and the
-    book's features with their first days (from the feature numbering) equal a plain scan of the
-    feature rows."""
+    book's features used lately (from the book's days and the feature numbering) equal a plain
+    scan of the feature rows."""
 
     @_property(max(4, PROPERTY_EXAMPLES // 2))
     @given(day=st.integers(0, 200), second=st.integers(0, SECONDS_PER_DAY - 1),
@@ -672,10 +700,15 @@ def test_usage_inputs_from_bit_sets_equal_the_rows_they_summarise(settings: Sett
                         if book.customers:
                             assert (book.usage_through, book.usage_end) == _window_end(tx, book.as_of)
                             seen["moved"] += book.usage_end != book.as_of.date()
-                            # the book's features (adoption's default key features), by a plain scan
-                            stop = book.as_of.date().isoformat()
-                            assert book.book_features == {f for f, first in first_days if first < stop} - SESSION_LIKE
+                            # the book's features (adoption's default key features), by a plain scan: those
+                            # some customer used in the 90 days before the windows' end
+                            lately = tx.rows(f"SELECT DISTINCT feature FROM {FEATURE_ROWS} WHERE day >= ? AND day < ?",
+                                             ((book.usage_end - timedelta(days=90)).isoformat(), book.usage_end.isoformat()))
+                            assert book.book_features == {f for (f,) in lately} - SESSION_LIKE
                             seen["features"] += bool(book.book_features)
+                            stop = book.as_of.date().isoformat()
+                            seen["retired"] += bool({f for f, first in first_days if first < stop} - SESSION_LIKE
+                                                    - book.book_features)
                         for cid, i in book.customers.items():
                             got = (i.first_usage_day, i.active_days_30d, i.events_30d, i.active_users_30d,
                                    i.active_users_prev_30d, i.features_30d)  # fmt: skip
@@ -684,11 +717,12 @@ def test_usage_inputs_from_bit_sets_equal_the_rows_they_summarise(settings: Sett
                             seen["previous"] += i.active_users_prev_30d > 0
             seen["examples"] += 1
 
-    seen = {"examples": 0, "users": 0, "previous": 0, "features": 0, "moved": 0}
+    seen = {"examples": 0, "users": 0, "previous": 0, "features": 0, "moved": 0, "retired": 0}
     check()
     assert seen["users"] >= seen["examples"] and seen["previous"] >= seen["examples"] // 2, seen  # not vacuous
     assert seen["features"] >= seen["examples"], seen
     assert seen["moved"] >= seen["examples"] // 2, seen  # windows that end where the book's usage data ends
+    assert seen["retired"] >= 1, seen  # a feature seen once but unused for 90 days is no key feature
 
 
 def _dicts(scores: dict[str, Any]) -> dict[str, Any]:

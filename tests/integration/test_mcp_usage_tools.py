@@ -205,7 +205,7 @@ async def test_feature_adoption_first_use_and_key_features_not_adopted(settings:
         one = await call(client, "track_feature_adoption", {"feature": "created report", "as_of": AS_OF, "limit": 1})
         missing = await call(client, "track_feature_adoption", {"feature": "Teleport", "as_of": AS_OF})
 
-    default = "every feature seen in the book except Mixpanel's own $ events"
+    default = "every feature the book used in the 90 days before as_of except Mixpanel's own $ events"
     assert book["key_features_source"] == default
     # Neither sessions nor Mixpanel's own events are key features by default.
     assert book["key_features"] == ["Created Report", "Exported CSV", "Viewed Dashboard"]

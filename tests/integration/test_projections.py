@@ -130,7 +130,7 @@ def test_an_event_stops_only_the_projections_that_act_on_its_class(services: Ser
     poison_position = app.last_position()
     app.register_customer({"external_key": "after", "name": "After"}, META)
     head = app.last_position()
-    reads_usage = {"usage_v5", "late_event_days_v1"}
+    reads_usage = {"usage_v6", "late_event_days_v1"}
 
     for fold in (services.engine.catch_up, services.engine.rebuild):
         with pytest.raises(ProjectionStoppedError) as caught:
@@ -284,7 +284,7 @@ def test_rebuild_and_event_by_event_reproduce_every_signal_row(services: Service
     services.engine.ensure_current()
     incremental = _rows(services)
     assert incremental["cs_scorecard_history_v1"] and incremental["cs_overrides_v1"]
-    assert len(incremental["cs_usage_days_v5"]) == 2 * 5 + 2 + 1  # acme 7 days, globex 5, ghost 1 (unmatched)
+    assert len(incremental["cs_usage_days_v6"]) == 2 * 5 + 2 + 1  # acme 7 days, globex 5, ghost 1 (unmatched)
     assert incremental["cs_ticket_history_v1"] and incremental["cs_timeline_v1"] and incremental["cs_email_events_v1"]
 
     services.engine.rebuild()  # each batch folded by handle_batch
@@ -317,7 +317,7 @@ def test_a_pass_of_many_batches_after_an_earlier_pass_folds_the_same_usage_rows(
     _populate_signals(services)
     services.engine.ensure_current()
     expected = _rows(services)
-    runner = services.engine.runners["usage_v5"]
+    runner = services.engine.runners["usage_v6"]
     head = services.app.last_position()
     for split in (head // 3, head // 2, 2 * head // 3):
         with services.store.transaction() as tx:

@@ -38,7 +38,7 @@ CUSTOMERS: list[dict[str, Any]] = [
 ACME, GLOBEX, INITECH = (str(customer_id_for(c["external_key"])) for c in CUSTOMERS)
 FAST_BACKOFF: dict[str, Any] = {"backoff_base": 0.01, "backoff_max": 0.05}
 PASS: dict[str, Any] = {"delay": 0.001}  # a "fault" that lets one request through unchanged
-SIGNAL_TABLES = ("cs_tickets_v1", "cs_usage_days_v5", "cs_usage_users_v5", "cs_feature_usage_v5",
+SIGNAL_TABLES = ("cs_tickets_v1", "cs_usage_days_v6", "cs_usage_users_v6", "cs_feature_usage_v6", "cs_usage_book_days_v6",
                  "cs_survey_responses_v1", "cs_email_events_v1")  # fmt: skip
 WAIT_S = 10.0
 
