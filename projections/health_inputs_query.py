@@ -36,8 +36,9 @@ KEY_FEATURE_LOOKBACK_DAYS = 90
 
 
 def default_key_features(features: Iterable[str]) -> set[str]:
-    """The key features when the scorecard names none: every feature seen, but session events and
-    Mixpanel's own events, whose names start with ``$`` (automatic page views ``$mp_web_page_view``,
+    """The key features when the scorecard names none, of ``features`` (those the book used lately,
+    :func:`used_lately`): all but session events and Mixpanel's own events, whose names start
+    with ``$`` (automatic page views ``$mp_web_page_view``,
     autocapture clicks ``$mp_click``, identity merges ``$identify``, mobile lifecycle ``$ae_*``).
     Those are activity, not product features: they still count as events and make users active,
     but a customer is not marked down for not "adopting" them. A scorecard that names one makes it key."""
