@@ -307,7 +307,7 @@ def score_customer(i: Inputs, book: BookInputs) -> Health:
         unweighted = [c.name for c in components if c.has_data]  # (none has a weight > 0: the scorecard's choice)
         note = ("no component has data yet: the score stays null rather than a made-up number" if not unweighted else
                 f"only {' and '.join(unweighted)} {'has' if len(unweighted) == 1 else 'have'} data, and the scorecard "
-                "weighs it 0: the score stays null rather than a made-up number")  # fmt: skip
+                f"weighs {'it' if len(unweighted) == 1 else 'them'} 0: the score stays null rather than a made-up number")  # fmt: skip
     elif confidence < THIN_CONFIDENCE:  # e.g. a new account known by its contract alone: "100, green"
         note = (f"the score rests on {' and '.join(c.name for c in present)} alone ({confidence:.0%} of the scorecard's "
                 "weight has data): read it with its confidence")  # fmt: skip

@@ -190,6 +190,7 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
     d60s = [(as_of.date() - timedelta(days=2 * USAGE_WINDOW_DAYS)).isoformat() for as_of in instants]
     csat_froms = [utc_iso(as_of - timedelta(days=90)) for as_of in instants]
     t_max, stop_max = max(ts), max(stops)
+    lookback_from = (min(instants).date() - timedelta(days=USAGE_WINDOW_DAYS + KEY_FEATURE_LOOKBACK_DAYS)).isoformat()
 
     def per_instant(template: str, bounds: Sequence[Sequence[str]]) -> tuple[str, list[str]]:
         """One aggregate column per instant (``template`` names it with ``{n}``, binds ``bounds[n]``)."""
@@ -202,15 +203,14 @@ def gather_at(tx: Tx, instants: Sequence[datetime], customer_ids: list[UUID] | N
     # A message sent is one however many of its events arrive (SendGrid posts processed, then delivered).
     sent_cols, sent_binds = per_instant("COUNT(DISTINCT CASE WHEN occurred_at < ? THEN COALESCE(message_id, email_event_id) "
                                         "END) AS sent_{n}", [(t,) for t in ts])  # fmt: skip
-    # The book's last usage day before each instant's date (any account, matched or not), on the
-    # index on day: where the data stops (see usage_window_end).
+    # The book's last usage day before each instant's date (any account, matched or not), one probe
+    # of the book's days' key each: where the data stops (see usage_window_end).
     through_cols, through_binds = per_instant(f"({LAST_DAY_BEFORE}) AS through_{{n}}", [(stop,) for stop in stops])
     statements: dict[str, tuple[str, list[Any]]] = {
         "cards": (SCORECARDS_BEFORE, [t_max]),
         "usage_through": (f"SELECT {through_cols}", through_binds),
         # The book's days as far back as a key-feature lookback from a window moved back goes.
-        "book_days": (BOOK_DAY_ROWS, [(min(instants).date() - timedelta(days=USAGE_WINDOW_DAYS + KEY_FEATURE_LOOKBACK_DAYS)).isoformat(),
-                                          stop_max]),
+        "book_days": (BOOK_DAY_ROWS, [lookback_from, stop_max]),
         "contracts": (f"SELECT * FROM {CONTRACTS} WHERE 1 = 1{where} ORDER BY customer_id, position", params),
         "usage_firsts": (f"SELECT customer_id, MIN(day) FROM {DAYS} WHERE day < ?{where} GROUP BY customer_id", [stop_max, *params]),
         "features": (FEATURES_WITH_FIRST_DAY, []),
