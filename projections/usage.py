@@ -297,10 +297,10 @@ class UsageProjection(Projection):
             elif isinstance(event, UsageDay.Counted):
                 uid = uuid_text(event.originator_id)
                 counted.append((uid, event, uid in in_batch))
+        book = dict.fromkeys((o[3] for o in opened), 0)  # the book's days this batch touched -> features used on them
         if not counted:
             tx.insert_many(DAYS, DAY_COLUMNS, [(*o, 0, 0, 0, NO_USERS, NO_FEATURES, NO_BITS, NO_BITS) for o in opened])
-            days = sorted({o[3] for o in opened})
-            BookDays(tx, days).write(tx, dict.fromkeys(days, 0))
+            BookDays(tx, list(book)).write(tx, book)
             return
         before: dict[str, dict[str, Any]] = {}  # days opened before this batch, as stored
         earlier = sorted({uid for uid, _, here in counted if not here})
@@ -330,7 +330,6 @@ class UsageProjection(Projection):
             day_bits[0] |= numbers.user_bits(cid, event.users)
             day_bits[1] |= numbers.feature_bits(list(event.features), day)
         numbers.write(tx)
-        book = {o[3]: 0 for o in opened}  # the book's days this batch touched, with the features used on them
         for uid, (_, feature_bits) in bits.items():
             day = in_batch[uid][1] if uid in in_batch else before[uid]["day"]
             book[day] = book.get(day, 0) | feature_bits
